@@ -1,0 +1,202 @@
+// Package chunk frames an artifact's raw byte stream into independently
+// compressed, hashed chunks on the agent, and verifies them on the
+// collector. Both sides keep a running SHA-256 of the whole raw stream, so
+// the trailer can prove that nothing was lost, reordered or altered.
+package chunk
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// MaxRawSize is the largest raw chunk either side produces or accepts.
+const MaxRawSize = 4 << 20
+
+// MaxFrameSize bounds a compressed frame: zstd never expands input by more
+// than a small block overhead, so anything larger is not a frame we made.
+const MaxFrameSize = MaxRawSize + MaxRawSize/128 + 1024
+
+var (
+	ErrSequence = errors.New("chunk: wrong sequence number")
+	ErrOffset   = errors.New("chunk: wrong offset")
+	ErrTooLarge = errors.New("chunk: too large")
+	ErrLength   = errors.New("chunk: raw length mismatch")
+	ErrHash     = errors.New("chunk: SHA-256 mismatch")
+	ErrCorrupt  = errors.New("chunk: cannot decompress")
+	ErrTrailer  = errors.New("chunk: trailer does not match the stream")
+)
+
+// Chunk is one piece of the raw stream as it travels: Data is a single zstd
+// frame (or the raw bytes when uncompressed) and SHA256 covers the raw bytes.
+type Chunk struct {
+	Seq    uint64
+	Offset int64
+	RawLen int64
+	SHA256 []byte
+	Data   []byte
+}
+
+// Trailer is the sender's account of the whole stream.
+type Trailer struct {
+	Total  int64
+	SHA256 []byte
+	Count  uint64
+}
+
+// Encoder cuts nothing itself: it is fed raw chunks of at most MaxRawSize in
+// order and turns each into a Chunk, keeping the whole-stream hash.
+type Encoder struct {
+	zenc   *zstd.Encoder
+	whole  hash.Hash
+	seq    uint64
+	offset int64
+}
+
+// NewEncoder returns an encoder; compress=false sends raw bytes.
+func NewEncoder(compress bool) (*Encoder, error) {
+	e := &Encoder{whole: sha256.New()}
+	if compress {
+		// One goroutine per encoder: the agent is a guest on the host and
+		// caps its CPU share by running few encoders, not wide ones.
+		z, err := zstd.NewWriter(nil,
+			zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(1),
+			zstd.WithZeroFrames(true),
+			zstd.WithEncoderCRC(false))
+		if err != nil {
+			return nil, fmt.Errorf("chunk: zstd encoder: %w", err)
+		}
+		e.zenc = z
+	}
+	return e, nil
+}
+
+// Encode frames raw as the next chunk. dst is reused for the frame when it
+// has capacity; the returned Chunk aliases it.
+func (e *Encoder) Encode(raw, dst []byte) (Chunk, error) {
+	if len(raw) == 0 || len(raw) > MaxRawSize {
+		return Chunk{}, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
+	}
+	sum := sha256.Sum256(raw)
+	e.whole.Write(raw)
+	var data []byte
+	if e.zenc != nil {
+		data = e.zenc.EncodeAll(raw, dst[:0])
+	} else {
+		data = append(dst[:0], raw...)
+	}
+	c := Chunk{Seq: e.seq, Offset: e.offset, RawLen: int64(len(raw)), SHA256: sum[:], Data: data}
+	e.seq++
+	e.offset += int64(len(raw))
+	return c, nil
+}
+
+// Trailer returns the account of everything encoded so far.
+func (e *Encoder) Trailer() Trailer {
+	return Trailer{Total: e.offset, SHA256: e.whole.Sum(nil), Count: e.seq}
+}
+
+// Verifier checks chunks as they arrive, strictly in order.
+type Verifier struct {
+	zdec       *zstd.Decoder
+	compressed bool
+	whole      hash.Hash
+	next       uint64
+	offset     int64
+	buf        []byte
+}
+
+// NewVerifier returns a verifier expecting sequence 0 at offset 0.
+func NewVerifier(compressed bool) (*Verifier, error) {
+	v := &Verifier{compressed: compressed, whole: sha256.New()}
+	if compressed {
+		// The memory cap makes a decompression bomb an error, not an
+		// allocation: no chunk may decode beyond MaxRawSize.
+		z, err := zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxMemory(MaxRawSize),
+			zstd.WithDecoderMaxWindow(MaxRawSize))
+		if err != nil {
+			return nil, fmt.Errorf("chunk: zstd decoder: %w", err)
+		}
+		v.zdec = z
+	}
+	return v, nil
+}
+
+// Close releases the decoder.
+func (v *Verifier) Close() {
+	if v.zdec != nil {
+		v.zdec.Close()
+	}
+}
+
+// Committed is the raw offset up to which every byte has been verified.
+func (v *Verifier) Committed() int64 { return v.offset }
+
+// Next is the sequence number the verifier expects next.
+func (v *Verifier) Next() uint64 { return v.next }
+
+// Verify checks one chunk against the stream so far and returns its raw
+// bytes (valid until the next call). A chunk that fails leaves the verifier
+// unchanged, so nothing of it counts toward the stream.
+func (v *Verifier) Verify(c Chunk) ([]byte, error) {
+	if c.Seq != v.next {
+		return nil, fmt.Errorf("%w: got %d, want %d", ErrSequence, c.Seq, v.next)
+	}
+	if c.Offset != v.offset {
+		return nil, fmt.Errorf("%w: chunk %d at offset %d, want %d", ErrOffset, c.Seq, c.Offset, v.offset)
+	}
+	if c.RawLen <= 0 || c.RawLen > MaxRawSize {
+		return nil, fmt.Errorf("%w: chunk %d raw length %d (1..%d)", ErrTooLarge, c.Seq, c.RawLen, MaxRawSize)
+	}
+	if len(c.Data) > MaxFrameSize {
+		return nil, fmt.Errorf("%w: chunk %d carries %d bytes (max %d)", ErrTooLarge, c.Seq, len(c.Data), MaxFrameSize)
+	}
+	if len(c.SHA256) != sha256.Size {
+		return nil, fmt.Errorf("%w: chunk %d has a %d-byte digest", ErrHash, c.Seq, len(c.SHA256))
+	}
+	raw := c.Data
+	if v.compressed {
+		out, err := v.zdec.DecodeAll(c.Data, v.buf[:0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: chunk %d: %v", ErrCorrupt, c.Seq, err)
+		}
+		v.buf = out
+		raw = out
+	}
+	if int64(len(raw)) != c.RawLen {
+		return nil, fmt.Errorf("%w: chunk %d decodes to %d bytes, header says %d", ErrLength, c.Seq, len(raw), c.RawLen)
+	}
+	if sum := sha256.Sum256(raw); !bytes.Equal(sum[:], c.SHA256) {
+		return nil, fmt.Errorf("%w: chunk %d at offset %d: computed %s, sent %s",
+			ErrHash, c.Seq, c.Offset, hex.EncodeToString(sum[:]), hex.EncodeToString(c.SHA256))
+	}
+	v.whole.Write(raw)
+	v.next++
+	v.offset += c.RawLen
+	return raw, nil
+}
+
+// Sum returns the SHA-256 of every verified raw byte so far.
+func (v *Verifier) Sum() []byte { return v.whole.Sum(nil) }
+
+// Finish checks the sender's trailer against what was verified.
+func (v *Verifier) Finish(t Trailer) error {
+	if t.Total != v.offset {
+		return fmt.Errorf("%w: trailer says %d bytes, %d verified", ErrTrailer, t.Total, v.offset)
+	}
+	if t.Count != v.next {
+		return fmt.Errorf("%w: trailer says %d chunks, %d verified", ErrTrailer, t.Count, v.next)
+	}
+	if sum := v.whole.Sum(nil); !bytes.Equal(sum, t.SHA256) {
+		return fmt.Errorf("%w: stream SHA-256 %s, trailer says %s", ErrTrailer, hex.EncodeToString(sum), hex.EncodeToString(t.SHA256))
+	}
+	return nil
+}

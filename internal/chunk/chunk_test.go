@@ -1,0 +1,164 @@
+package chunk
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"testing"
+)
+
+func encodeAll(t *testing.T, compress bool, data []byte, size int) ([]Chunk, Trailer) {
+	t.Helper()
+	e, err := NewEncoder(compress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []Chunk
+	for off := 0; off < len(data); off += size {
+		end := min(off+size, len(data))
+		c, err := e.Encode(data[off:end], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out, e.Trailer()
+}
+
+func testData(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b[:n/2]) // half random, half zeros: both paths of the compressor
+	return b
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, compress := range []bool{true, false} {
+		data := testData(9<<20 + 17)
+		chunks, tr := encodeAll(t, compress, data, MaxRawSize)
+		v, err := NewVerifier(compress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		for _, c := range chunks {
+			raw, err := v.Verify(c)
+			if err != nil {
+				t.Fatalf("compress=%v: %v", compress, err)
+			}
+			got = append(got, raw...)
+		}
+		if err := v.Finish(tr); err != nil {
+			t.Fatalf("compress=%v: %v", compress, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("compress=%v: round trip changed the bytes", compress)
+		}
+		want := sha256.Sum256(data)
+		if !bytes.Equal(v.Sum(), want[:]) {
+			t.Fatalf("compress=%v: whole-stream hash differs", compress)
+		}
+		if len(chunks) != 3 || v.Committed() != int64(len(data)) {
+			t.Fatalf("compress=%v: %d chunks, committed %d", compress, len(chunks), v.Committed())
+		}
+	}
+}
+
+func TestTampering(t *testing.T) {
+	data := testData(3 << 20)
+	tests := []struct {
+		name   string
+		mutate func(cs []Chunk, tr *Trailer) []Chunk
+		want   error
+	}{
+		{"flipped byte in frame", func(cs []Chunk, _ *Trailer) []Chunk {
+			cs[1].Data = bytes.Clone(cs[1].Data)
+			cs[1].Data[len(cs[1].Data)/2] ^= 0x40
+			return cs
+		}, nil /* ErrCorrupt or ErrHash, checked below */},
+		{"wrong hash", func(cs []Chunk, _ *Trailer) []Chunk {
+			cs[1].SHA256 = bytes.Clone(cs[1].SHA256)
+			cs[1].SHA256[0] ^= 1
+			return cs
+		}, ErrHash},
+		{"gap in offsets", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Offset += 1; return cs }, ErrOffset},
+		{"overlap in offsets", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Offset -= 1; return cs }, ErrOffset},
+		{"repeated sequence", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Seq = 0; return cs }, ErrSequence},
+		{"skipped sequence", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Seq = 2; return cs }, ErrSequence},
+		{"missing chunk", func(cs []Chunk, _ *Trailer) []Chunk { return append(cs[:1], cs[2:]...) }, ErrSequence},
+		{"length lies", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].RawLen -= 1; return cs }, ErrLength},
+		{"oversized raw length", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].RawLen = MaxRawSize + 1; return cs }, ErrTooLarge},
+		{"oversized frame", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Data = make([]byte, MaxFrameSize+1); return cs }, ErrTooLarge},
+		{"short digest", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].SHA256 = cs[1].SHA256[:16]; return cs }, ErrHash},
+		{"trailer hash", func(cs []Chunk, tr *Trailer) []Chunk { tr.SHA256 = make([]byte, 32); return cs }, ErrTrailer},
+		{"trailer total", func(cs []Chunk, tr *Trailer) []Chunk { tr.Total++; return cs }, ErrTrailer},
+		{"trailer count", func(cs []Chunk, tr *Trailer) []Chunk { tr.Count--; return cs }, ErrTrailer},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			chunks, tr := encodeAll(t, true, data, 1<<20)
+			chunks = tt.mutate(chunks, &tr)
+			v, _ := NewVerifier(true)
+			defer v.Close()
+			var err error
+			for _, c := range chunks {
+				if _, err = v.Verify(c); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = v.Finish(tr)
+			}
+			switch {
+			case err == nil:
+				t.Fatal("tampered stream was accepted")
+			case tt.want == nil:
+				if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrHash) && !errors.Is(err, ErrLength) {
+					t.Fatalf("got %v, want a corruption error", err)
+				}
+			case !errors.Is(err, tt.want):
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecompressionBombRefused(t *testing.T) {
+	// A tiny frame that would expand far beyond its declared raw length.
+	e, _ := NewEncoder(true)
+	huge := make([]byte, MaxRawSize)
+	c, err := e.Encode(huge, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Concatenate frames: decodes to 2*MaxRawSize.
+	c.Data = append(bytes.Clone(c.Data), c.Data...)
+	v, _ := NewVerifier(true)
+	if _, err := v.Verify(c); err == nil {
+		t.Fatal("bomb accepted")
+	}
+	if v.Committed() != 0 || v.Next() != 0 {
+		t.Fatal("failed chunk advanced the verifier")
+	}
+}
+
+func FuzzVerify(f *testing.F) {
+	e, _ := NewEncoder(true)
+	c, _ := e.Encode([]byte("custody evidence chunk"), nil)
+	f.Add(c.Data, int64(c.RawLen), c.SHA256)
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, int64(10), make([]byte, 32))
+	f.Fuzz(func(t *testing.T, data []byte, rawLen int64, sum []byte) {
+		v, err := NewVerifier(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Close()
+		raw, err := v.Verify(Chunk{Seq: 0, Offset: 0, RawLen: rawLen, SHA256: sum, Data: data})
+		if err != nil {
+			return
+		}
+		if got := sha256.Sum256(raw); !bytes.Equal(got[:], sum) || int64(len(raw)) != rawLen {
+			t.Fatal("accepted a chunk whose bytes do not match its header")
+		}
+	})
+}
