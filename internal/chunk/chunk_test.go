@@ -162,3 +162,31 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func TestWriterCutsExactChunks(t *testing.T) {
+	data := testData(10<<20 + 3)
+	e, _ := NewEncoder(true)
+	v, _ := NewVerifier(true)
+	var sizes []int64
+	w := NewWriter(e, 4<<20, func(c Chunk) error {
+		sizes = append(sizes, c.RawLen)
+		_, err := v.Verify(c)
+		return err
+	})
+	// Odd-sized writes, so chunk boundaries fall inside writes.
+	for off := 0; off < len(data); off += 777_777 {
+		if _, err := w.Write(data[off:min(off+777_777, len(data))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Finish(w.Trailer()); err != nil {
+		t.Fatal(err)
+	}
+	want := []int64{4 << 20, 4 << 20, 2<<20 + 3}
+	if len(sizes) != 3 || sizes[0] != want[0] || sizes[1] != want[1] || sizes[2] != want[2] {
+		t.Fatalf("chunk sizes %v, want %v", sizes, want)
+	}
+}
