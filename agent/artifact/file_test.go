@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"github.com/custodyhq/custody/internal/testenv"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -150,11 +151,11 @@ func TestFileCancelled(t *testing.T) {
 // have to come from the device itself.
 func TestFileBlockDevice(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("attaching a loop device needs root")
+		testenv.Skip(t, "attaching a loop device needs root")
 	}
 	losetup, err := exec.LookPath("losetup")
 	if err != nil {
-		t.Skip("losetup (util-linux) is not installed")
+		testenv.Skip(t, "losetup (util-linux) is not installed")
 	}
 	want := make([]byte, 3*fileBufSize)
 	rand.Read(want)
@@ -164,7 +165,7 @@ func TestFileBlockDevice(t *testing.T) {
 	}
 	out, err := exec.Command(losetup, "--find", "--show", "--read-only", backing).Output()
 	if err != nil {
-		t.Skipf("no loop device available: %v", err)
+		testenv.Skip(t, "no loop device available: %v", err)
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() {

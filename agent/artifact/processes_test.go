@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/custodyhq/custody/internal/testenv"
 	"io"
 	"os"
 	"os/exec"
@@ -192,7 +193,7 @@ func TestProcessesPermissionDenied(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
 	if errors.Is(err, syscall.EPERM) {
-		t.Skipf("cannot switch to uid 65534 to provoke EACCES: %v", err)
+		testenv.Skip(t, "cannot switch to uid 65534 to provoke EACCES: %v", err)
 	}
 	if err != nil {
 		t.Fatalf("child as uid 65534: %v\n%s", err, out)
@@ -269,7 +270,7 @@ func TestProcessesCancelled(t *testing.T) {
 // procfs formats are not ours to choose.
 func TestProcessesRealProc(t *testing.T) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
-		t.Skipf("no procfs mounted at /proc: %v", err)
+		testenv.Skip(t, "no procfs mounted at /proc: %v", err)
 	}
 	out, res := collect(t, "processes", Env{}, nil)
 	recs := decodeProcesses(t, out)

@@ -1,0 +1,165 @@
+// Package local is the agent's one-shot mode: it captures artifacts into a
+// directory with no collector involved — the SSM Run Command path, and the
+// path for hosts that cannot reach a collector. The files have the same
+// format as the collector's (one zstd frame per chunk) and a manifest with
+// the same hashes, unsigned: there is no collector key on the host.
+package local
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/custodyhq/custody/agent/artifact"
+	"github.com/custodyhq/custody/internal/chunk"
+	"github.com/custodyhq/custody/internal/manifest"
+)
+
+// Request names one artifact and its parameters.
+type Request struct {
+	Name   string
+	Params artifact.Params
+}
+
+// Options for a one-shot collection.
+type Options struct {
+	Dir     string
+	CaseID  string
+	Reason  string
+	Version string
+	Env     artifact.Env
+	Agent   manifest.Agent
+	Logger  *slog.Logger
+}
+
+// Collect captures every request into opts.Dir and writes manifest.json.
+// It returns the manifest; its State says whether everything was captured.
+func Collect(ctx context.Context, opts Options, reqs []Request) (*manifest.Manifest, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(opts.Dir, "manifest.json")); err == nil {
+		return nil, fmt.Errorf("local: %s already holds a collection; evidence is never overwritten", opts.Dir)
+	}
+	now := time.Now().UTC()
+	m := &manifest.Manifest{
+		SchemaVersion: manifest.SchemaVersion,
+		CollectionID:  "local-" + now.Format("20060102t150405"),
+		CaseID:        opts.CaseID, Reason: opts.Reason, RequestedBy: "local",
+		RequestedAt: now, StartedAt: now, Agent: opts.Agent,
+	}
+	complete := 0
+	for _, req := range reqs {
+		a := capture(ctx, opts, req)
+		if a.State == "complete" {
+			complete++
+		}
+		m.Artifacts = append(m.Artifacts, a)
+	}
+	m.FinishedAt = time.Now().UTC()
+	switch complete {
+	case len(reqs):
+		m.State = "complete"
+	case 0:
+		m.State = "failed"
+	default:
+		m.State = "partial"
+	}
+	data, err := manifest.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeNew(filepath.Join(opts.Dir, "manifest.json"), data); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func capture(ctx context.Context, opts Options, req Request) manifest.Artifact {
+	a := manifest.Artifact{Name: req.Name, State: "failed", Compression: "zstd",
+		Tool: manifest.Tool{Name: "custody-agent", Version: opts.Version}}
+	fail := func(err error) manifest.Artifact {
+		a.Errors = append(a.Errors, err.Error())
+		opts.Logger.Warn("artifact failed", "artifact", req.Name, "err", err)
+		return a
+	}
+	kind, err := artifact.Lookup(req.Name)
+	if err != nil {
+		return fail(err)
+	}
+	if err := kind.CheckParams(req.Params); err != nil {
+		return fail(err)
+	}
+	file := kind.Name + "." + kind.Ext + ".zst"
+	path := filepath.Join(opts.Dir, file)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return fail(err)
+	}
+	defer f.Close()
+	enc, err := chunk.NewEncoder(true)
+	if err != nil {
+		return fail(err)
+	}
+	stored := &hashingWriter{h: sha256.New()}
+	w := chunk.NewWriter(enc, chunk.MaxRawSize, func(c chunk.Chunk) error {
+		if _, err := f.Write(c.Data); err != nil {
+			return err
+		}
+		stored.Write(c.Data)
+		return nil
+	})
+	res, cerr := kind.Collect(ctx, opts.Env, req.Params, w)
+	if err := w.Flush(); err != nil && cerr == nil {
+		cerr = err
+	}
+	if err := f.Sync(); err != nil && cerr == nil {
+		cerr = err
+	}
+	tr := w.Trailer()
+	a.Source, a.Warnings, a.Key, a.Location = res.Source, res.Warnings, file, path
+	a.RawSize, a.AgentSHA256, a.Chunks = tr.Total, hex.EncodeToString(tr.SHA256), int(tr.Count)
+	a.StoredSize, a.StoredSHA256 = stored.n, hex.EncodeToString(stored.h.Sum(nil))
+	if cerr != nil {
+		return fail(fmt.Errorf("capture incomplete (what was read is stored): %w", cerr))
+	}
+	a.State = "complete"
+	opts.Logger.Info("artifact captured", "artifact", req.Name, "file", path, "raw_bytes", a.RawSize, "sha256", a.AgentSHA256)
+	return a
+}
+
+type hashingWriter struct {
+	h hash.Hash
+	n int64
+}
+
+func (w *hashingWriter) Write(p []byte) (int, error) {
+	w.h.Write(p)
+	w.n += int64(len(p))
+	return len(p), nil
+}
+
+func writeNew(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return fmt.Errorf("local: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("local: %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("local: %s: %w", path, err)
+	}
+	return f.Close()
+}

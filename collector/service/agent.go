@@ -1,0 +1,499 @@
+package service
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/custodyhq/custody/collector/ingest"
+	"github.com/custodyhq/custody/collector/state"
+	"github.com/custodyhq/custody/collector/store"
+	"github.com/custodyhq/custody/internal/chunk"
+	"github.com/custodyhq/custody/internal/pki"
+	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
+)
+
+// Enroll trades a join token and a CSR for a short-lived agent certificate.
+func (s *Server) Enroll(ctx context.Context, req *custodyv1.EnrollRequest) (*custodyv1.EnrollResponse, error) {
+	if req.GetJoinToken() == "" {
+		return nil, toStatus(fmt.Errorf("%w: enrol: no join token", ErrInvalid))
+	}
+	// Check the CSR before spending a token on it.
+	csr, err := x509.ParseCertificateRequest(req.GetCsr())
+	if err == nil {
+		err = csr.CheckSignature()
+	}
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("%w: enrol: %v", pki.ErrBadCSR, err))
+	}
+	if err := s.db.RedeemToken(ctx, req.GetJoinToken()); err != nil {
+		s.log.Warn("enrolment refused", "err", err, "hostname", req.GetHost().GetHostname())
+		return nil, toStatus(err)
+	}
+	now := s.now()
+	id, err := pki.NewIdentity(pki.RoleAgent, newID("a", now))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	cert, certPEM, err := s.cfg.CA.SignCSR(req.GetCsr(), id, s.cfg.AgentCertValidity)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	a := state.Agent{
+		ID: id.Name, Host: hostFromProto(req.GetHost()), EnrolledAt: now, LastSeen: now,
+		CertFingerprint: pki.Fingerprint(cert), CertNotAfter: cert.NotAfter,
+	}
+	if err := s.db.CreateAgent(ctx, a); err != nil {
+		return nil, toStatus(err)
+	}
+	s.log.Info("agent enrolled", "agent", id.Name, "hostname", a.Host.Hostname, "not_after", cert.NotAfter)
+	return &custodyv1.EnrollResponse{AgentId: id.Name, Certificate: certPEM, CaBundle: s.cfg.CA.CertPEM}, nil
+}
+
+// Renew issues a fresh certificate for the caller's own identity.
+func (s *Server) Renew(ctx context.Context, req *custodyv1.RenewRequest) (*custodyv1.RenewResponse, error) {
+	c, _ := callerFrom(ctx)
+	if _, err := s.db.GetAgent(ctx, c.id.Name); err != nil {
+		return nil, toStatus(fmt.Errorf("%w: renew: agent %s is not enrolled here: %v", ErrForbidden, c.id.Name, err))
+	}
+	cert, certPEM, err := s.cfg.CA.SignCSR(req.GetCsr(), c.id, s.cfg.AgentCertValidity)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if _, err := s.db.UpdateAgent(ctx, c.id.Name, func(a *state.Agent) {
+		a.CertFingerprint, a.CertNotAfter = pki.Fingerprint(cert), cert.NotAfter
+	}); err != nil {
+		return nil, toStatus(err)
+	}
+	s.log.Info("agent certificate renewed", "agent", c.id.Name, "not_after", cert.NotAfter)
+	return &custodyv1.RenewResponse{Certificate: certPEM, CaBundle: s.cfg.CA.CertPEM}, nil
+}
+
+// Session holds an agent's long-lived stream: its hello, heartbeats and
+// task updates come up; tasks go down the moment they are created.
+func (s *Server) Session(stream custodyv1.AgentService_SessionServer) error {
+	ctx := stream.Context()
+	c, _ := callerFrom(ctx)
+	agentID := c.id.Name
+	log := s.log.With("agent", agentID)
+
+	first, err := recvWithin(ctx, stream.Recv, 30*time.Second)
+	if err != nil {
+		return toStatus(fmt.Errorf("%w: session: waiting for hello: %v", ErrInvalid, err))
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return toStatus(fmt.Errorf("%w: session: first message must be a hello", ErrInvalid))
+	}
+	if err := s.recordHello(ctx, c, hello); err != nil {
+		return toStatus(err)
+	}
+	live := s.hub.attach(agentID)
+	defer s.hub.detach(agentID, live)
+	log.Info("agent connected", "hostname", hello.GetHost().GetHostname(), "version", hello.GetAgentVersion())
+
+	if err := stream.Send(&custodyv1.SessionResponse{Msg: &custodyv1.SessionResponse_Welcome{Welcome: &custodyv1.Welcome{
+		AgentId: agentID, HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval),
+	}}}); err != nil {
+		return err
+	}
+
+	// Tasks this session delivered: when it ends they end with it (the
+	// uploads shared its connection), failed with a reason, never dropped.
+	delivered := map[string]bool{}
+	defer func() {
+		bg, cancel := background()
+		defer cancel()
+		for id := range delivered {
+			s.failUnfinished(bg, id, "agent disconnected before the capture finished")
+		}
+		log.Info("agent disconnected")
+	}()
+
+	pending, err := s.db.UnfinishedCollections(ctx, agentID)
+	if err != nil {
+		return toStatus(err)
+	}
+	deliver := func(t *custodyv1.Task) error {
+		col, err := s.db.UpdateCollection(ctx, t.GetTaskId(), func(col *state.Collection) error {
+			if col.State != state.Pending {
+				return fmt.Errorf("%w: already %s", ErrConflict, col.State)
+			}
+			if now := s.now(); now.After(col.Deadline) {
+				col.State, col.Error, col.FinishedAt = state.Failed, "deadline passed before the agent connected", now
+				return nil
+			}
+			col.State, col.StartedAt = state.Running, s.now()
+			return nil
+		})
+		if err != nil {
+			return nil // already delivered or final: nothing to send
+		}
+		s.hub.changed(col.ID)
+		if col.State != state.Running {
+			return nil
+		}
+		delivered[col.ID] = true
+		if err := stream.Send(&custodyv1.SessionResponse{Msg: &custodyv1.SessionResponse_Task{Task: t}}); err != nil {
+			return err
+		}
+		log.Info("task delivered", "collection", col.ID, "case", col.CaseID)
+		return nil
+	}
+	for _, col := range pending {
+		if col.State == state.Running {
+			// Delivered to a session that is gone.
+			s.failUnfinished(ctx, col.ID, "agent reconnected; the capture in progress was interrupted")
+			continue
+		}
+		if err := deliver(taskFor(col)); err != nil {
+			return err
+		}
+	}
+
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- s.sessionRecv(ctx, agentID, stream) }()
+
+	for {
+		select {
+		case t := <-live.tasks:
+			if err := deliver(t); err != nil {
+				return err
+			}
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-live.done:
+			return toStatus(fmt.Errorf("%w: session replaced by a newer one from the same agent", ErrConflict))
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *Server) recordHello(ctx context.Context, c caller, h *custodyv1.Hello) error {
+	now := s.now()
+	update := func(a *state.Agent) {
+		a.Host, a.Artifacts, a.Version, a.LastSeen = hostFromProto(h.GetHost()), h.GetArtifacts(), h.GetAgentVersion(), now
+		a.CertFingerprint, a.CertNotAfter = pki.Fingerprint(c.cert), c.cert.NotAfter
+	}
+	_, err := s.db.UpdateAgent(ctx, c.id.Name, update)
+	if errors.Is(err, state.ErrNotFound) {
+		// A certificate our CA issued is proof enough; the record may
+		// predate a state reset.
+		a := state.Agent{ID: c.id.Name, EnrolledAt: now}
+		update(&a)
+		err = s.db.CreateAgent(ctx, a)
+	}
+	return err
+}
+
+func (s *Server) sessionRecv(ctx context.Context, agentID string, stream custodyv1.AgentService_SessionServer) error {
+	lastTouch := time.Time{}
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch m := msg.Msg.(type) {
+		case *custodyv1.SessionRequest_Heartbeat:
+			if now := s.now(); now.Sub(lastTouch) > time.Minute {
+				lastTouch = now
+				s.db.UpdateAgent(ctx, agentID, func(a *state.Agent) { a.LastSeen = now })
+			}
+		case *custodyv1.SessionRequest_TaskUpdate:
+			s.applyTaskUpdate(ctx, agentID, m.TaskUpdate)
+		default:
+			s.log.Warn("unexpected session message", "agent", agentID, "type", fmt.Sprintf("%T", m))
+		}
+	}
+}
+
+// applyTaskUpdate records what the agent reports. Only failures and
+// progress are taken from it: completion is established by the collector's
+// own verification of the upload, never by the agent's word.
+func (s *Server) applyTaskUpdate(ctx context.Context, agentID string, u *custodyv1.TaskUpdate) {
+	col, err := s.db.UpdateCollection(ctx, u.GetTaskId(), func(col *state.Collection) error {
+		if col.AgentID != agentID {
+			return fmt.Errorf("%w: task %s is not addressed to agent %s", ErrForbidden, u.GetTaskId(), agentID)
+		}
+		a := col.Artifact(u.GetArtifact())
+		if a == nil || state.Final(a.State) || state.Final(col.State) {
+			return ErrConflict
+		}
+		switch u.GetState() {
+		case custodyv1.ArtifactState_ARTIFACT_STATE_FAILED:
+			a.State, a.Error = state.Failed, "agent: "+u.GetError()
+		case custodyv1.ArtifactState_ARTIFACT_STATE_RUNNING:
+			a.State = state.Running
+			if u.GetBytesTotal() > 0 {
+				a.BytesTotal = u.GetBytesTotal()
+			}
+		default:
+			return ErrConflict
+		}
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, ErrConflict) {
+			s.log.Warn("task update refused", "agent", agentID, "task", u.GetTaskId(), "err", err)
+		}
+		return
+	}
+	s.hub.changed(col.ID)
+	bg, cancel := background()
+	defer cancel()
+	s.maybeSeal(bg, col.ID)
+}
+
+// failUnfinished marks every artifact of a collection that has not reached
+// a final state as failed, then seals what is there.
+func (s *Server) failUnfinished(ctx context.Context, id, reason string) {
+	_, err := s.db.UpdateCollection(ctx, id, func(col *state.Collection) error {
+		if state.Final(col.State) {
+			return ErrConflict
+		}
+		for i := range col.Artifacts {
+			if a := &col.Artifacts[i]; !state.Final(a.State) {
+				a.State, a.Error = state.Failed, reason
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		s.hub.changed(id)
+		s.maybeSeal(ctx, id)
+	}
+}
+
+var extRe = regexp.MustCompile(`^[a-z0-9]{1,10}$`)
+
+// Upload receives one artifact: open, verified chunks, trailer. Nothing
+// becomes evidence until the collector's own hashes agree with the trailer.
+func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) {
+	ctx := stream.Context()
+	c, _ := callerFrom(ctx)
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	open := first.GetOpen()
+	if open == nil {
+		return toStatus(fmt.Errorf("%w: upload: first message must be an open", ErrInvalid))
+	}
+	col, err := s.db.GetCollection(ctx, open.GetTaskId())
+	if errors.Is(err, state.ErrNotFound) {
+		return toStatus(fmt.Errorf("%w: upload: no task %q for agent %s", ErrForbidden, open.GetTaskId(), c.id.Name))
+	} else if err != nil {
+		return toStatus(err)
+	}
+	if col.AgentID != c.id.Name {
+		s.log.Warn("upload for another agent's task refused", "agent", c.id.Name, "task", col.ID, "owner", col.AgentID)
+		return toStatus(fmt.Errorf("%w: upload: task %s is not addressed to agent %s", ErrForbidden, col.ID, c.id.Name))
+	}
+	art := col.Artifact(open.GetArtifact())
+	switch {
+	case art == nil:
+		return toStatus(fmt.Errorf("%w: upload: task %s did not ask for artifact %q", ErrInvalid, col.ID, open.GetArtifact()))
+	case col.State != state.Running:
+		return toStatus(fmt.Errorf("%w: upload: collection %s is %s", ErrConflict, col.ID, col.State))
+	case state.Final(art.State):
+		return toStatus(fmt.Errorf("%w: upload: artifact %s of %s is already %s", ErrConflict, art.Name, col.ID, art.State))
+	case !extRe.MatchString(open.GetExtension()):
+		return toStatus(fmt.Errorf("%w: upload: bad extension %q", ErrInvalid, open.GetExtension()))
+	}
+	var compressed bool
+	switch open.GetCompression() {
+	case custodyv1.Compression_COMPRESSION_ZSTD:
+		compressed = true
+	case custodyv1.Compression_COMPRESSION_NONE:
+	default:
+		return toStatus(fmt.Errorf("%w: upload: compression %s", ErrInvalid, open.GetCompression()))
+	}
+	file := art.Name + "." + open.GetExtension()
+	if compressed {
+		file += ".zst"
+	}
+	key, err := store.Key(col.CaseID, col.AgentID, col.ID, file)
+	if err != nil {
+		return toStatus(err)
+	}
+	log := s.log.With("agent", c.id.Name, "collection", col.ID, "artifact", art.Name)
+
+	up, err := ingest.Begin(ctx, s.store, key, open.GetExpectedSize(), compressed)
+	if err != nil {
+		return toStatus(err)
+	}
+	defer func() {
+		if err != nil {
+			up.Abort(context.Background())
+			bg, cancel := background()
+			defer cancel()
+			s.failArtifact(bg, col.ID, art.Name, "upload: "+err.Error())
+			log.Warn("upload failed", "err", err)
+			err = toStatus(err)
+		}
+	}()
+	if err := s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) {
+		a.State, a.Key = state.Running, key
+		if open.GetExpectedSize() > 0 {
+			a.BytesTotal = open.GetExpectedSize()
+		}
+	}); err != nil {
+		return err
+	}
+	if err := stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Accepted{Accepted: &custodyv1.UploadAccepted{
+		UploadId: col.ID + "/" + art.Name, MaxChunkSize: chunk.MaxRawSize,
+	}}}); err != nil {
+		return err
+	}
+
+	var lastProgress time.Time
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			return fmt.Errorf("%w: stream ended at offset %d without a trailer", ErrInvalid, up.Committed())
+		}
+		if err != nil {
+			return err
+		}
+		switch m := msg.Msg.(type) {
+		case *custodyv1.UploadRequest_Chunk:
+			ch := m.Chunk
+			if err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(), SHA256: ch.GetSha256(), Data: ch.GetData()}); err != nil {
+				return err
+			}
+			if err := stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Ack{Ack: &custodyv1.ChunkAck{
+				Sequence: ch.GetSequence(), CommittedOffset: up.Committed(),
+			}}}); err != nil {
+				return err
+			}
+			if now := s.now(); now.Sub(lastProgress) > 250*time.Millisecond {
+				lastProgress = now
+				done := up.Committed()
+				s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) { a.BytesDone = done })
+			}
+		case *custodyv1.UploadRequest_Trailer:
+			return s.finishUpload(ctx, stream, col, art.Name, up, m.Trailer, compressed, log)
+		default:
+			return fmt.Errorf("%w: unexpected %T after open", ErrInvalid, m)
+		}
+	}
+}
+
+func (s *Server) finishUpload(ctx context.Context, stream custodyv1.AgentService_UploadServer, col state.Collection, name string,
+	up *ingest.Upload, t *custodyv1.UploadTrailer, compressed bool, log interface{ Info(string, ...any) }) error {
+	res, err := up.Finish(ctx, chunk.Trailer{Total: t.GetTotalLength(), SHA256: t.GetSha256(), Count: t.GetChunkCount()})
+	if err != nil {
+		return err
+	}
+	err = s.setArtifact(ctx, col.ID, name, func(a *state.Artifact) {
+		a.State = state.Complete
+		if t.GetError() != "" {
+			// What arrived is verified evidence, but not all there was.
+			a.State, a.Error = state.Failed, "agent: capture incomplete: "+t.GetError()
+		}
+		a.BytesDone, a.RawSize, a.Chunks = res.RawSize, res.RawSize, int(res.Chunks)
+		a.AgentSHA256, a.CollectorSHA256 = hex.EncodeToString(t.GetSha256()), hex.EncodeToString(res.RawSHA256)
+		a.StoredSize, a.StoredSHA256 = res.StoredSize, hex.EncodeToString(res.Stored)
+		a.Location, a.VersionID, a.ETag = res.Info.Location, res.Info.VersionID, res.Info.ETag
+		a.Source, a.Warnings = t.GetSource(), t.GetWarnings()
+		a.Tool = state.ToolInfo{Name: t.GetTool().GetName(), Version: t.GetTool().GetVersion()}
+		if compressed {
+			a.Compression = "zstd"
+		}
+		for _, r := range t.GetSkippedRanges() {
+			a.Skipped = append(a.Skipped, state.Range{Start: r.GetStart(), End: r.GetEnd(), Reason: r.GetReason()})
+		}
+	})
+	if err != nil {
+		// The object is stored but the collection moved on (cancelled or
+		// failed meanwhile); it stays, and the manifest does not claim it.
+		return err
+	}
+	log.Info("artifact stored", "key", res.Info.Key, "raw_bytes", res.RawSize, "stored_bytes", res.StoredSize, "sha256", hex.EncodeToString(res.RawSHA256))
+	// Sealing outlives this stream: the agent may hang up the moment it
+	// has its commit.
+	defer func() {
+		bg, cancel := background()
+		defer cancel()
+		s.maybeSeal(bg, col.ID)
+	}()
+	err = stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Committed{Committed: &custodyv1.UploadCommitted{
+		Key: res.Info.Key, StoredSize: res.StoredSize, StoredSha256: res.Stored, RawSha256: res.RawSHA256,
+	}}})
+	if err != nil {
+		log.Info("commit not delivered to the agent; evidence is stored", "err", err)
+	}
+	return nil
+}
+
+// setArtifact updates one artifact of a running collection.
+func (s *Server) setArtifact(ctx context.Context, id, name string, fn func(*state.Artifact)) error {
+	_, err := s.db.UpdateCollection(ctx, id, func(col *state.Collection) error {
+		a := col.Artifact(name)
+		if a == nil {
+			return fmt.Errorf("%w: no artifact %s in %s", ErrInvalid, name, id)
+		}
+		if state.Final(col.State) || state.Final(a.State) {
+			return fmt.Errorf("%w: artifact %s of %s is %s (collection %s)", ErrConflict, name, id, a.State, col.State)
+		}
+		fn(a)
+		return nil
+	})
+	if err == nil {
+		s.hub.changed(id)
+	}
+	return err
+}
+
+func (s *Server) failArtifact(ctx context.Context, id, name, reason string) {
+	if s.setArtifact(ctx, id, name, func(a *state.Artifact) { a.State, a.Error = state.Failed, reason }) == nil {
+		s.maybeSeal(ctx, id)
+	}
+}
+
+// recvWithin receives one message or fails after d.
+func recvWithin[T any](ctx context.Context, recv func() (T, error), d time.Duration) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() { v, err := recv(); ch <- result{v, err} }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-t.C:
+		var zero T
+		return zero, fmt.Errorf("nothing received within %s", d)
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
+}
+
+func taskFor(col state.Collection) *custodyv1.Task {
+	t := &custodyv1.Task{TaskId: col.ID, CollectionId: col.ID, CaseId: col.CaseID, Deadline: timestamppb.New(col.Deadline)}
+	for _, a := range col.Artifacts {
+		t.Artifacts = append(t.Artifacts, &custodyv1.ArtifactRequest{Name: a.Name, Params: a.Params})
+	}
+	return t
+}
+
+func hostFromProto(h *custodyv1.HostFacts) state.HostFacts {
+	return state.HostFacts{Hostname: h.GetHostname(), OS: h.GetOs(), Kernel: h.GetKernel(), Arch: h.GetArch(),
+		BootID: h.GetBootId(), InstanceID: h.GetInstanceId(), TaskARN: h.GetTaskArn()}
+}

@@ -1,0 +1,214 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/custodyhq/custody/collector/state"
+	"github.com/custodyhq/custody/collector/store"
+	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
+)
+
+// ListAgents lists every enrolled agent and whether it is connected now.
+func (s *Server) ListAgents(ctx context.Context, _ *custodyv1.ListAgentsRequest) (*custodyv1.ListAgentsResponse, error) {
+	agents, err := s.db.ListAgents(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &custodyv1.ListAgentsResponse{}
+	for _, a := range agents {
+		resp.Agents = append(resp.Agents, s.agentProto(a))
+	}
+	return resp, nil
+}
+
+// GetAgent returns one agent.
+func (s *Server) GetAgent(ctx context.Context, req *custodyv1.GetAgentRequest) (*custodyv1.GetAgentResponse, error) {
+	a, err := s.db.GetAgent(ctx, req.GetAgentId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &custodyv1.GetAgentResponse{Agent: s.agentProto(a)}, nil
+}
+
+// CreateCollection records a request for evidence and pushes it to the
+// agent at once if it is connected; otherwise it waits for the agent's
+// next hello, until its deadline.
+func (s *Server) CreateCollection(ctx context.Context, req *custodyv1.CreateCollectionRequest) (*custodyv1.CreateCollectionResponse, error) {
+	c, _ := callerFrom(ctx)
+	agent, err := s.db.GetAgent(ctx, req.GetAgentId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if _, err := store.Key(req.GetCaseId(), agent.ID, "x", "x"); err != nil || req.GetCaseId() == "" {
+		return nil, toStatus(fmt.Errorf("%w: case id %q: letters, digits, '.', '_' and '-' only, at most 128", ErrInvalid, req.GetCaseId()))
+	}
+	if len(req.GetArtifacts()) == 0 {
+		return nil, toStatus(fmt.Errorf("%w: no artifacts requested", ErrInvalid))
+	}
+	now := s.now()
+	col := state.Collection{
+		ID: newID("c", now), AgentID: agent.ID, CaseID: req.GetCaseId(), Reason: req.GetReason(),
+		RequestedBy: c.id.String(), State: state.Pending, RequestedAt: now, Deadline: now.Add(s.cfg.TaskTTL),
+	}
+	seen := map[string]bool{}
+	for _, spec := range req.GetArtifacts() {
+		name := spec.GetName()
+		if seen[name] {
+			return nil, toStatus(fmt.Errorf("%w: artifact %q requested twice", ErrInvalid, name))
+		}
+		seen[name] = true
+		if len(agent.Artifacts) > 0 && !slices.Contains(agent.Artifacts, name) {
+			return nil, toStatus(fmt.Errorf("%w: agent %s cannot capture %q (it offers %s)", ErrInvalid, agent.ID, name, strings.Join(agent.Artifacts, ", ")))
+		}
+		col.Artifacts = append(col.Artifacts, state.Artifact{Name: name, Params: spec.GetParams(), State: state.Pending, BytesTotal: -1})
+	}
+	if err := s.db.CreateCollection(ctx, col); err != nil {
+		return nil, toStatus(err)
+	}
+	s.log.Info("collection requested", "collection", col.ID, "agent", agent.ID, "case", col.CaseID, "by", col.RequestedBy, "artifacts", len(col.Artifacts))
+	s.hub.push(agent.ID, taskFor(col))
+	return &custodyv1.CreateCollectionResponse{Collection: collectionProto(col)}, nil
+}
+
+// GetCollection returns a collection's current state.
+func (s *Server) GetCollection(ctx context.Context, req *custodyv1.GetCollectionRequest) (*custodyv1.GetCollectionResponse, error) {
+	col, err := s.db.GetCollection(ctx, req.GetCollectionId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &custodyv1.GetCollectionResponse{Collection: collectionProto(col)}, nil
+}
+
+// WatchCollection streams the collection on every change until it is final.
+func (s *Server) WatchCollection(req *custodyv1.WatchCollectionRequest, stream custodyv1.ResponderService_WatchCollectionServer) error {
+	ctx := stream.Context()
+	for {
+		// Subscribe before reading, so a change in between is not missed.
+		changed := s.hub.watch(req.GetCollectionId())
+		col, err := s.db.GetCollection(ctx, req.GetCollectionId())
+		if err != nil {
+			return toStatus(err)
+		}
+		if err := stream.Send(&custodyv1.WatchCollectionResponse{Collection: collectionProto(col)}); err != nil {
+			return err
+		}
+		if state.Final(col.State) {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return toStatus(ctx.Err())
+		}
+	}
+}
+
+// ListEvidence lists the stored objects of a collection.
+func (s *Server) ListEvidence(ctx context.Context, req *custodyv1.ListEvidenceRequest) (*custodyv1.ListEvidenceResponse, error) {
+	prefix, err := s.collectionPrefix(ctx, req.GetCollectionId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	infos, err := s.store.List(ctx, prefix)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &custodyv1.ListEvidenceResponse{}
+	for _, in := range infos {
+		resp.Objects = append(resp.Objects, &custodyv1.EvidenceObject{Key: in.Key, Size: in.Size, Sha256: in.SHA256, Location: in.Location})
+	}
+	return resp, nil
+}
+
+// ReadEvidence streams one stored object of a collection, byte for byte.
+func (s *Server) ReadEvidence(req *custodyv1.ReadEvidenceRequest, stream custodyv1.ResponderService_ReadEvidenceServer) error {
+	ctx := stream.Context()
+	prefix, err := s.collectionPrefix(ctx, req.GetCollectionId())
+	if err != nil {
+		return toStatus(err)
+	}
+	if !strings.HasPrefix(req.GetKey(), prefix+"/") {
+		return toStatus(fmt.Errorf("%w: key %q is not part of collection %s", ErrInvalid, req.GetKey(), req.GetCollectionId()))
+	}
+	r, err := s.store.Open(ctx, req.GetKey())
+	if err != nil {
+		return toStatus(err)
+	}
+	defer r.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if err := stream.Send(&custodyv1.ReadEvidenceResponse{Data: buf[:n]}); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+	}
+}
+
+func (s *Server) collectionPrefix(ctx context.Context, id string) (string, error) {
+	col, err := s.db.GetCollection(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return col.CaseID + "/" + col.AgentID + "/" + col.ID, nil
+}
+
+func (s *Server) agentProto(a state.Agent) *custodyv1.Agent {
+	return &custodyv1.Agent{
+		AgentId: a.ID,
+		Host: &custodyv1.HostFacts{Hostname: a.Host.Hostname, Os: a.Host.OS, Kernel: a.Host.Kernel, Arch: a.Host.Arch,
+			BootId: a.Host.BootID, InstanceId: a.Host.InstanceID, TaskArn: a.Host.TaskARN},
+		Artifacts: a.Artifacts, AgentVersion: a.Version, Connected: s.hub.connected(a.ID),
+		EnrolledAt: ts(a.EnrolledAt), LastSeen: ts(a.LastSeen), CertFingerprint: a.CertFingerprint, CertNotAfter: ts(a.CertNotAfter),
+	}
+}
+
+var collectionStates = map[string]custodyv1.CollectionState{
+	state.Pending: custodyv1.CollectionState_COLLECTION_STATE_PENDING, state.Running: custodyv1.CollectionState_COLLECTION_STATE_RUNNING,
+	state.Complete: custodyv1.CollectionState_COLLECTION_STATE_COMPLETE, state.Partial: custodyv1.CollectionState_COLLECTION_STATE_PARTIAL,
+	state.Failed: custodyv1.CollectionState_COLLECTION_STATE_FAILED, state.Cancelled: custodyv1.CollectionState_COLLECTION_STATE_CANCELLED,
+}
+
+var artifactStates = map[string]custodyv1.ArtifactState{
+	state.Pending: custodyv1.ArtifactState_ARTIFACT_STATE_PENDING, state.Running: custodyv1.ArtifactState_ARTIFACT_STATE_RUNNING,
+	state.Complete: custodyv1.ArtifactState_ARTIFACT_STATE_COMPLETE, state.Failed: custodyv1.ArtifactState_ARTIFACT_STATE_FAILED,
+}
+
+func collectionProto(c state.Collection) *custodyv1.Collection {
+	p := &custodyv1.Collection{
+		CollectionId: c.ID, AgentId: c.AgentID, CaseId: c.CaseID, Reason: c.Reason, RequestedBy: c.RequestedBy,
+		State: collectionStates[c.State], RequestedAt: ts(c.RequestedAt), StartedAt: ts(c.StartedAt), FinishedAt: ts(c.FinishedAt),
+		Error: c.Error, ManifestKey: c.ManifestKey,
+	}
+	for _, a := range c.Artifacts {
+		p.Artifacts = append(p.Artifacts, &custodyv1.ArtifactStatus{
+			Name: a.Name, State: artifactStates[a.State], BytesDone: a.BytesDone, BytesTotal: a.BytesTotal, Error: a.Error,
+			Key: a.Key, RawSize: a.RawSize, RawSha256: a.CollectorSHA256, StoredSize: a.StoredSize, StoredSha256: a.StoredSHA256,
+		})
+	}
+	return p
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+

@@ -1,0 +1,116 @@
+// Package service implements the collector's two gRPC services: the
+// agent-facing one (enrolment, renewal, the session that pushes tasks, and
+// the verified upload) and the responder-facing API. It holds only domain
+// dependencies — state, an evidence store, the CA and the signing key — and
+// turns domain errors into status codes in one place.
+package service
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/custodyhq/custody/collector/state"
+	"github.com/custodyhq/custody/collector/store"
+	"github.com/custodyhq/custody/internal/chunk"
+	"github.com/custodyhq/custody/internal/pki"
+	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
+)
+
+// Config is what the services need beyond their dependencies.
+type Config struct {
+	// Identity is the collector's own identity, recorded in manifests.
+	Identity pki.Identity
+	// CA issues agent certificates at enrolment and renewal.
+	CA *pki.CA
+	// SigningKey and SigningCertPEM seal manifests.
+	SigningKey     ed25519.PrivateKey
+	SigningCertPEM []byte
+	// AgentCertValidity is the lifetime of agent certificates.
+	AgentCertValidity time.Duration
+	// HeartbeatInterval is what agents are told to use.
+	HeartbeatInterval time.Duration
+	// TaskTTL bounds how long a collection waits for an offline agent.
+	TaskTTL time.Duration
+	// Version is the collector's version, recorded in manifests.
+	Version string
+}
+
+func (c *Config) withDefaults() {
+	if c.AgentCertValidity == 0 {
+		c.AgentCertValidity = 24 * time.Hour
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 30 * time.Second
+	}
+	if c.TaskTTL == 0 {
+		c.TaskTTL = 24 * time.Hour
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+}
+
+// Server implements AgentService and ResponderService.
+type Server struct {
+	custodyv1.UnimplementedAgentServiceServer
+	custodyv1.UnimplementedResponderServiceServer
+
+	cfg   Config
+	db    *state.DB
+	store store.Store
+	log   *slog.Logger
+	hub   *hub
+	now   func() time.Time
+
+	sealMu sync.Mutex
+}
+
+// New returns a Server.
+func New(cfg Config, db *state.DB, st store.Store, log *slog.Logger) *Server {
+	cfg.withDefaults()
+	return &Server{cfg: cfg, db: db, store: st, log: log.With("component", "service"), hub: newHub(), now: time.Now}
+}
+
+// Register adds both services to g.
+func (s *Server) Register(g *grpc.Server) {
+	custodyv1.RegisterAgentServiceServer(g, s)
+	custodyv1.RegisterResponderServiceServer(g, s)
+}
+
+// MaxMessageSize admits one full chunk and its envelope, nothing larger.
+const MaxMessageSize = chunk.MaxFrameSize + 64<<10
+
+// ServerOptions are the gRPC options the services rely on: authorization
+// from the verified certificate, the message size bound, and keepalives
+// that survive an NLB's 350 s idle timeout.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(unaryAuth),
+		grpc.ChainStreamInterceptor(streamAuth),
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 60 * time.Second, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+}
+
+// newID returns prefix + UTC time + random hex: sortable, unguessable,
+// and a valid store key segment.
+func newID(prefix string, now time.Time) string {
+	var b [5]byte
+	rand.Read(b[:])
+	return prefix + now.UTC().Format("20060102t150405") + "-" + hex.EncodeToString(b[:])
+}
+
+// background is a context for bookkeeping that must happen even when the
+// request that triggered it has been cancelled (recording a failure).
+func background() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}

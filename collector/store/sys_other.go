@@ -1,0 +1,13 @@
+//go:build !linux
+
+package store
+
+import "os"
+
+func renameNoReplace(oldpath, newpath string) error {
+	return linkNoReplace(oldpath, newpath)
+}
+
+func openNoFollow(name string) (*os.File, error) {
+	return os.Open(name)
+}
