@@ -1,0 +1,497 @@
+package service_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/custodyhq/custody/agent/upload"
+	"github.com/custodyhq/custody/collector/service"
+	"github.com/custodyhq/custody/collector/state"
+	"github.com/custodyhq/custody/collector/store"
+	"github.com/custodyhq/custody/internal/chunk"
+	"github.com/custodyhq/custody/internal/manifest"
+	"github.com/custodyhq/custody/internal/pki"
+	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
+)
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// session opens an agent session with a hello and returns it after the welcome.
+func session(t *testing.T, c custodyv1.AgentServiceClient, sctx context.Context) custodyv1.AgentService_SessionClient {
+	t.Helper()
+	s, err := c.Session(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&custodyv1.SessionRequest{Msg: &custodyv1.SessionRequest_Hello{Hello: &custodyv1.Hello{
+		Host: &custodyv1.HostFacts{Hostname: "test-host"}, Artifacts: []string{"host", "processes", "file"},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetWelcome() == nil {
+		t.Fatalf("got %v, want welcome", m)
+	}
+	return s
+}
+
+func nextTask(t *testing.T, s custodyv1.AgentService_SessionClient) *custodyv1.Task {
+	t.Helper()
+	m, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetTask() == nil {
+		t.Fatalf("got %v, want a task", m)
+	}
+	return m.GetTask()
+}
+
+func collect(t *testing.T, r custodyv1.ResponderServiceClient, agentID string, arts ...string) *custodyv1.Collection {
+	t.Helper()
+	req := &custodyv1.CreateCollectionRequest{AgentId: agentID, CaseId: "IR-1", Reason: "test"}
+	for _, a := range arts {
+		req.Artifacts = append(req.Artifacts, &custodyv1.ArtifactSpec{Name: a})
+	}
+	resp, err := r.CreateCollection(ctx(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetCollection()
+}
+
+// waitFinal watches a collection until it is final.
+func waitFinal(t *testing.T, r custodyv1.ResponderServiceClient, id string) *custodyv1.Collection {
+	t.Helper()
+	w, err := r.WatchCollection(ctx(t), &custodyv1.WatchCollectionRequest{CollectionId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *custodyv1.Collection
+	for {
+		m, err := w.Recv()
+		if err == io.EOF {
+			return last
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m.GetCollection()
+	}
+}
+
+func wantCode(t *testing.T, err error, code codes.Code, contains string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("call succeeded, want %s", code)
+	}
+	if got := status.Code(err); got != code {
+		t.Fatalf("got %s (%v), want %s", got, err, code)
+	}
+	if contains != "" && !strings.Contains(err.Error(), contains) {
+		t.Fatalf("error %q does not mention %q", err, contains)
+	}
+}
+
+func TestIdentityAndRoles(t *testing.T) {
+	e := newEnv(t)
+	agentID, agentCert, agent := e.enrolledAgent()
+	responder := e.responder("alice")
+
+	otherCA, err := pki.NewCA("other CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	foreign := rawCert(t, otherCA.Cert, otherCA.Key, "spiffe://custody/agent/"+agentID, now.Add(-time.Hour), now.Add(time.Hour))
+	expired := rawCert(t, e.ca.Cert, e.ca.Key, "spiffe://custody/agent/"+agentID, now.Add(-48*time.Hour), now.Add(-time.Hour))
+	responderCertPath, responderKeyPath := pki.ResponderFiles(filepath.Join(e.dir, "pki"), "alice")
+	responderCert := loadPair(t, responderCertPath, responderKeyPath)
+
+	t.Run("certificate from another CA is refused", func(t *testing.T) {
+		_, err := custodyv1.NewAgentServiceClient(e.dial(&foreign)).Renew(ctx(t), &custodyv1.RenewRequest{})
+		wantCode(t, err, codes.Unavailable, "")
+	})
+	t.Run("expired certificate is refused", func(t *testing.T) {
+		_, err := custodyv1.NewAgentServiceClient(e.dial(&expired)).Renew(ctx(t), &custodyv1.RenewRequest{})
+		wantCode(t, err, codes.Unavailable, "")
+	})
+	t.Run("no certificate cannot call the responder API", func(t *testing.T) {
+		_, err := custodyv1.NewResponderServiceClient(e.dial(nil)).ListAgents(ctx(t), &custodyv1.ListAgentsRequest{})
+		wantCode(t, err, codes.Unauthenticated, "client certificate")
+	})
+	t.Run("responder cannot open an agent session", func(t *testing.T) {
+		s, err := custodyv1.NewAgentServiceClient(e.dial(&responderCert)).Session(ctx(t))
+		if err == nil {
+			_, err = s.Recv()
+		}
+		wantCode(t, err, codes.PermissionDenied, "responder")
+	})
+	t.Run("agent cannot call the responder API", func(t *testing.T) {
+		_, err := custodyv1.NewResponderServiceClient(e.dial(&agentCert)).ListAgents(ctx(t), &custodyv1.ListAgentsRequest{})
+		wantCode(t, err, codes.PermissionDenied, "agent")
+	})
+	t.Run("responder sees the agent", func(t *testing.T) {
+		resp, err := responder.ListAgents(ctx(t), &custodyv1.ListAgentsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetAgents()) != 1 || resp.GetAgents()[0].GetAgentId() != agentID {
+			t.Fatalf("agents = %v", resp.GetAgents())
+		}
+	})
+	t.Run("agent renews its own identity only", func(t *testing.T) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		csr, _ := pki.CreateCSR(key)
+		resp, err := agent.Renew(ctx(t), &custodyv1.RenewRequest{Csr: csr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := tlsCert(t, resp.GetCertificate(), key)
+		id, err := pki.IdentityFromCert(c.Leaf)
+		if err != nil || id.Name != agentID || id.Role != pki.RoleAgent {
+			t.Fatalf("renewed identity %v, %v; want agent %s", id, err, agentID)
+		}
+	})
+}
+
+func loadPair(t *testing.T, certPath, keyPath string) tls.Certificate {
+	t.Helper()
+	kp, err := pki.LoadKeypair(certPath, keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *kp.Current()
+}
+
+func TestJoinTokens(t *testing.T) {
+	e := newEnv(t)
+	anon := custodyv1.NewAgentServiceClient(e.dial(nil))
+	enrol := func(tok string) error {
+		key, _ := pki.GenerateKey()
+		csr, _ := pki.CreateCSR(key)
+		_, err := anon.Enroll(ctx(t), &custodyv1.EnrollRequest{JoinToken: tok, Csr: csr})
+		return err
+	}
+	tok, _, _ := e.db.CreateToken(context.Background(), 2, time.Hour)
+	for i := 0; i < 2; i++ {
+		if err := enrol(tok); err != nil {
+			t.Fatalf("use %d: %v", i+1, err)
+		}
+	}
+	wantCode(t, enrol(tok), codes.PermissionDenied, "no uses left")
+
+	short, _, _ := e.db.CreateToken(context.Background(), 5, time.Nanosecond)
+	wantCode(t, enrol(short), codes.PermissionDenied, "expired")
+	wantCode(t, enrol("cjt_forged"), codes.PermissionDenied, "unknown token")
+
+	// A broken CSR is refused before the token is spent.
+	good, _, _ := e.db.CreateToken(context.Background(), 1, time.Hour)
+	_, err := anon.Enroll(ctx(t), &custodyv1.EnrollRequest{JoinToken: good, Csr: []byte("not a csr")})
+	wantCode(t, err, codes.InvalidArgument, "")
+	if err := enrol(good); err != nil {
+		t.Fatalf("token was spent on a bad CSR: %v", err)
+	}
+}
+
+// openUpload opens a raw upload for one artifact of task and returns the stream after acceptance.
+func openUpload(t *testing.T, c custodyv1.AgentServiceClient, taskID, art string) custodyv1.AgentService_UploadClient {
+	t.Helper()
+	up, err := c.Upload(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
+		TaskId: taskID, Artifact: art, Extension: "json", ExpectedSize: -1, Compression: custodyv1.Compression_COMPRESSION_ZSTD,
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := up.Recv()
+	if err != nil {
+		t.Fatalf("open refused: %v", err)
+	}
+	if m.GetAccepted() == nil {
+		t.Fatalf("got %v, want accepted", m)
+	}
+	return up
+}
+
+func TestAgentCannotUploadForAnotherAgentsTask(t *testing.T) {
+	e := newEnv(t)
+	victimID, _, victim := e.enrolledAgent()
+	_, _, thief := e.enrolledAgent()
+	r := e.responder("alice")
+	sctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	s := session(t, victim, sctx)
+	col := collect(t, r, victimID, "host")
+	nextTask(t, s)
+
+	up, err := thief.Upload(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
+		TaskId: col.GetCollectionId(), Artifact: "host", Extension: "json", Compression: custodyv1.Compression_COMPRESSION_ZSTD,
+	}}})
+	_, err = up.Recv()
+	wantCode(t, err, codes.PermissionDenied, "not addressed to agent")
+
+	got, _ := r.GetCollection(ctx(t), &custodyv1.GetCollectionRequest{CollectionId: col.GetCollectionId()})
+	if st := got.GetCollection().GetArtifacts()[0].GetState(); st != custodyv1.ArtifactState_ARTIFACT_STATE_PENDING {
+		t.Fatalf("victim's artifact is %s after a refused foreign upload, want pending", st)
+	}
+}
+
+func TestUploadVerifiedAndSealed(t *testing.T) {
+	e := newEnv(t)
+	agentID, _, agent := e.enrolledAgent()
+	r := e.responder("alice")
+	sctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	s := session(t, agent, sctx)
+	col := collect(t, r, agentID, "file")
+	task := nextTask(t, s)
+
+	data := make([]byte, 9<<20+123)
+	rand.Read(data[:3<<20])
+	up, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(up, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := up.Close(upload.Trailer{Source: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(data)
+	if !bytes.Equal(res.RawSHA256, want[:]) {
+		t.Fatal("committed hash differs from the source")
+	}
+	final := waitFinal(t, r, col.GetCollectionId())
+	if final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
+		t.Fatalf("collection %s: %v", final.GetState(), final)
+	}
+
+	dir := filepath.Join(e.dir, "evidence", "IR-1", agentID, col.GetCollectionId())
+	mdata, _ := os.ReadFile(filepath.Join(dir, service.ManifestFile))
+	sig, _ := os.ReadFile(filepath.Join(dir, service.SignatureFile))
+	m, _, err := manifest.Verify(mdata, sig, e.roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.RequestedBy != "spiffe://custody/responder/alice" || m.Agent.ID != agentID || m.State != "complete" {
+		t.Fatalf("manifest: requested_by %q agent %q state %q", m.RequestedBy, m.Agent.ID, m.State)
+	}
+	a := m.Artifacts[0]
+	if a.AgentSHA256 != hex.EncodeToString(want[:]) || a.CollectorSHA256 != a.AgentSHA256 || a.Chunks != 3 {
+		t.Fatalf("manifest artifact: %+v", a)
+	}
+	f, err := os.Open(filepath.Join(dir, "file.bin.zst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := manifest.VerifyArtifact(ctx(t), a, f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTampering sends hand-made upload streams that break the protocol in
+// one way each. Every one must be refused with a clear error, leave no
+// object under the artifact's key, and leave the collection not complete.
+func TestTampering(t *testing.T) {
+	raw := make([]byte, 3<<20)
+	rand.Read(raw[:1<<20])
+	encode := func() ([]chunk.Chunk, chunk.Trailer) {
+		enc, _ := chunk.NewEncoder(true)
+		var cs []chunk.Chunk
+		for off := 0; off < len(raw); off += 1 << 20 {
+			c, _ := enc.Encode(raw[off:off+1<<20], nil)
+			cs = append(cs, c)
+		}
+		return cs, enc.Trailer()
+	}
+	tests := []struct {
+		name     string
+		mutate   func([]chunk.Chunk, *chunk.Trailer) []chunk.Chunk
+		code     codes.Code
+		contains string
+	}{
+		{"bytes do not match hash", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk {
+			cs[1].SHA256 = bytes.Clone(cs[1].SHA256)
+			cs[1].SHA256[3] ^= 0xff
+			return cs
+		}, codes.DataLoss, "SHA-256 mismatch"},
+		{"gap in offsets", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { cs[1].Offset += 10; return cs }, codes.DataLoss, "wrong offset"},
+		{"overlap in offsets", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { cs[1].Offset -= 10; return cs }, codes.DataLoss, "wrong offset"},
+		{"repeated sequence", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { return []chunk.Chunk{cs[0], cs[0]} }, codes.DataLoss, "wrong sequence"},
+		{"skipped sequence", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { return []chunk.Chunk{cs[0], cs[2]} }, codes.DataLoss, "wrong sequence"},
+		{"trailer hash wrong", func(cs []chunk.Chunk, tr *chunk.Trailer) []chunk.Chunk {
+			tr.SHA256 = make([]byte, 32)
+			return cs
+		}, codes.DataLoss, "trailer"},
+		{"raw length over the limit", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk {
+			cs[0].RawLen = chunk.MaxRawSize + 1
+			return cs
+		}, codes.ResourceExhausted, "too large"},
+		{"message over the size limit", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk {
+			cs[0].Data = make([]byte, service.MaxMessageSize+1)
+			return cs
+		}, codes.ResourceExhausted, ""},
+		{"no trailer", func(cs []chunk.Chunk, tr *chunk.Trailer) []chunk.Chunk { tr.Count = ^uint64(0); return cs }, codes.InvalidArgument, "without a trailer"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			agentID, _, agent := e.enrolledAgent()
+			r := e.responder("alice")
+			sctx, cancel := context.WithCancel(ctx(t))
+			defer cancel()
+			s := session(t, agent, sctx)
+			col := collect(t, r, agentID, "host")
+			nextTask(t, s)
+
+			cs, tr := encode()
+			cs = tt.mutate(cs, &tr)
+			up := openUpload(t, agent, col.GetCollectionId(), "host")
+			var err error
+			for _, c := range cs {
+				err = up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Chunk{Chunk: &custodyv1.Chunk{
+					Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, Data: c.Data}}})
+				if err != nil {
+					break
+				}
+			}
+			if err == nil {
+				if tr.Count == ^uint64(0) {
+					up.CloseSend()
+				} else {
+					up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Trailer{Trailer: &custodyv1.UploadTrailer{
+						TotalLength: tr.Total, Sha256: tr.SHA256, ChunkCount: tr.Count}}})
+				}
+			}
+			for err == nil || errors.Is(err, io.EOF) {
+				var m *custodyv1.UploadResponse
+				m, err = up.Recv()
+				if m.GetCommitted() != nil {
+					t.Fatal("tampered upload was committed")
+				}
+			}
+			wantCode(t, err, tt.code, tt.contains)
+
+			final := waitFinal(t, r, col.GetCollectionId())
+			if final.GetState() == custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
+				t.Fatal("collection marked complete after a refused upload")
+			}
+			if a := final.GetArtifacts()[0]; a.GetState() != custodyv1.ArtifactState_ARTIFACT_STATE_FAILED || a.GetError() == "" {
+				t.Fatalf("artifact %s with error %q, want failed with a reason", a.GetState(), a.GetError())
+			}
+			key, _ := store.Key("IR-1", agentID, col.GetCollectionId(), "host.json.zst")
+			if _, err := e.store.Stat(ctx(t), key); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("object visible after a refused upload: %v", err)
+			}
+			// The failure is sealed: a signed manifest says what is missing.
+			dir := filepath.Join(e.dir, "evidence", "IR-1", agentID, col.GetCollectionId())
+			mdata, _ := os.ReadFile(filepath.Join(dir, service.ManifestFile))
+			sig, _ := os.ReadFile(filepath.Join(dir, service.SignatureFile))
+			m, _, err := manifest.Verify(mdata, sig, e.roots)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.State != "failed" || m.Artifacts[0].Key != "" || len(m.Artifacts[0].Errors) == 0 {
+				t.Fatalf("manifest state %q artifact %+v", m.State, m.Artifacts[0])
+			}
+		})
+	}
+}
+
+func TestDisconnectFailsRunningCollection(t *testing.T) {
+	e := newEnv(t)
+	agentID, _, agent := e.enrolledAgent()
+	r := e.responder("alice")
+	sctx, cancel := context.WithCancel(ctx(t))
+	s := session(t, agent, sctx)
+	col := collect(t, r, agentID, "host", "processes")
+	nextTask(t, s)
+	up := openUpload(t, agent, col.GetCollectionId(), "host")
+	_ = up
+	cancel() // the agent goes away mid-collection
+
+	final := waitFinal(t, r, col.GetCollectionId())
+	if final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_FAILED {
+		t.Fatalf("collection %s after disconnect, want failed", final.GetState())
+	}
+	for _, a := range final.GetArtifacts() {
+		if !strings.Contains(a.GetError(), "disconnect") && !strings.Contains(a.GetError(), "upload") {
+			t.Errorf("artifact %s error %q does not explain the disconnect", a.GetName(), a.GetError())
+		}
+	}
+}
+
+func TestTaskForOfflineAgentDeliveredOnHello(t *testing.T) {
+	e := newEnv(t)
+	agentID, _, agent := e.enrolledAgent()
+	r := e.responder("alice")
+	col := collect(t, r, agentID, "host")
+	if col.GetState() != custodyv1.CollectionState_COLLECTION_STATE_PENDING {
+		t.Fatalf("state %s, want pending", col.GetState())
+	}
+	s := session(t, agent, ctx(t))
+	task := nextTask(t, s)
+	if task.GetTaskId() != col.GetCollectionId() || task.GetCaseId() != "IR-1" || task.GetArtifacts()[0].GetName() != "host" {
+		t.Fatalf("task %v", task)
+	}
+	got, _ := e.db.GetCollection(ctx(t), col.GetCollectionId())
+	if got.State != state.Running {
+		t.Fatalf("delivered collection is %s, want running", got.State)
+	}
+}
+
+func TestCreateCollectionValidates(t *testing.T) {
+	e := newEnv(t)
+	agentID, _, agent := e.enrolledAgent()
+	session(t, agent, ctx(t))
+	r := e.responder("alice")
+	for _, tt := range []struct {
+		name string
+		req  *custodyv1.CreateCollectionRequest
+		code codes.Code
+	}{
+		{"unknown agent", &custodyv1.CreateCollectionRequest{AgentId: "nope", CaseId: "IR-1", Artifacts: []*custodyv1.ArtifactSpec{{Name: "host"}}}, codes.NotFound},
+		{"bad case id", &custodyv1.CreateCollectionRequest{AgentId: agentID, CaseId: "../etc", Artifacts: []*custodyv1.ArtifactSpec{{Name: "host"}}}, codes.InvalidArgument},
+		{"no artifacts", &custodyv1.CreateCollectionRequest{AgentId: agentID, CaseId: "IR-1"}, codes.InvalidArgument},
+		{"artifact the agent lacks", &custodyv1.CreateCollectionRequest{AgentId: agentID, CaseId: "IR-1", Artifacts: []*custodyv1.ArtifactSpec{{Name: "tea"}}}, codes.InvalidArgument},
+		{"duplicate artifact", &custodyv1.CreateCollectionRequest{AgentId: agentID, CaseId: "IR-1", Artifacts: []*custodyv1.ArtifactSpec{{Name: "host"}, {Name: "host"}}}, codes.InvalidArgument},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := r.CreateCollection(ctx(t), tt.req)
+			wantCode(t, err, tt.code, "")
+		})
+	}
+}
