@@ -254,4 +254,3 @@ func printCollection(w io.Writer, c *custodyv1.Collection) {
 	}
 	tw.Flush()
 }
-
