@@ -63,6 +63,19 @@ type Result struct {
 	Source   string   // what was read, e.g. "procfs:/proc", "file:/var/tmp/x.img"
 	Records  int      // JSON records written (0 for non-record artifacts)
 	Warnings []string // non-fatal per-record problems
+	// Skipped are byte ranges of the source that could not be read (memory
+	// regions, unreadable pages). Whatever stands in for them in the output
+	// is never silently passed off as evidence: every range is recorded.
+	Skipped []Range
+	// Details are artifact-specific facts for the manifest (e.g. memory
+	// source, freeze mode, scan timing), as flat key/value strings.
+	Details map[string]string
+}
+
+// Range is a half-open range [Start, End) of a source's address space.
+type Range struct {
+	Start, End uint64
+	Reason     string
 }
 
 // kinds is filled by init functions only; see the package comment.

@@ -126,7 +126,10 @@ func capture(ctx context.Context, opts Options, req Request) manifest.Artifact {
 		cerr = err
 	}
 	tr := w.Trailer()
-	a.Source, a.Warnings, a.Key, a.Location = res.Source, res.Warnings, file, path
+	a.Source, a.Warnings, a.Key, a.Location, a.Details = res.Source, res.Warnings, file, path, res.Details
+	for _, r := range res.Skipped {
+		a.SkippedRanges = append(a.SkippedRanges, manifest.Range{Start: r.Start, End: r.End, Reason: r.Reason})
+	}
 	a.RawSize, a.AgentSHA256, a.Chunks = tr.Total, hex.EncodeToString(tr.SHA256), int(tr.Count)
 	a.StoredSize, a.StoredSHA256 = stored.n, hex.EncodeToString(stored.h.Sum(nil))
 	if cerr != nil {

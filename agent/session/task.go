@@ -73,8 +73,11 @@ func (a *agent) capture(ctx context.Context, taskID string, req *custodyv1.Artif
 		up.Abort()
 		return upload.Result{}, ctx.Err()
 	}
-	tr := upload.Trailer{Source: res.Source, Warnings: res.Warnings, Err: cerr,
+	tr := upload.Trailer{Source: res.Source, Warnings: res.Warnings, Err: cerr, Details: res.Details,
 		Tool: &custodyv1.ToolInfo{Name: "custody-agent", Version: a.cfg.Version}}
+	for _, r := range res.Skipped {
+		tr.Skipped = append(tr.Skipped, &custodyv1.SkippedRange{Start: r.Start, End: r.End, Reason: r.Reason})
+	}
 	out, err := up.Close(tr)
 	if err != nil {
 		return upload.Result{}, err

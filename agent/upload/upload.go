@@ -39,6 +39,7 @@ type Trailer struct {
 	Warnings []string
 	Skipped  []*custodyv1.SkippedRange
 	Tool     *custodyv1.ToolInfo
+	Details  map[string]string
 	// Err, when set, reports that the capture failed part way; what was
 	// sent is still committed as (incomplete) evidence.
 	Err error
@@ -216,7 +217,7 @@ func (s *Stream) Close(t Trailer) (Result, error) {
 	tr := s.w.Trailer()
 	msg := &custodyv1.UploadTrailer{
 		TotalLength: tr.Total, Sha256: tr.SHA256, ChunkCount: tr.Count,
-		Source: t.Source, Warnings: t.Warnings, SkippedRanges: t.Skipped, Tool: t.Tool,
+		Source: t.Source, Warnings: t.Warnings, SkippedRanges: t.Skipped, Tool: t.Tool, Details: t.Details,
 	}
 	if t.Err != nil {
 		msg.Error = t.Err.Error()

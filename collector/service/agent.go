@@ -407,7 +407,7 @@ func (s *Server) finishUpload(ctx context.Context, stream custodyv1.AgentService
 		a.AgentSHA256, a.CollectorSHA256 = hex.EncodeToString(t.GetSha256()), hex.EncodeToString(res.RawSHA256)
 		a.StoredSize, a.StoredSHA256 = res.StoredSize, hex.EncodeToString(res.Stored)
 		a.Location, a.VersionID, a.ETag = res.Info.Location, res.Info.VersionID, res.Info.ETag
-		a.Source, a.Warnings = t.GetSource(), t.GetWarnings()
+		a.Source, a.Warnings, a.Details = t.GetSource(), t.GetWarnings(), t.GetDetails()
 		a.Tool = state.ToolInfo{Name: t.GetTool().GetName(), Version: t.GetTool().GetVersion()}
 		if compressed {
 			a.Compression = "zstd"

@@ -133,7 +133,7 @@ func (s *Server) manifestFor(col state.Collection, final string, finished time.T
 			AgentSHA256: a.AgentSHA256, CollectorSHA256: a.CollectorSHA256,
 			Key: a.Key, Location: a.Location, StoredSize: a.StoredSize, StoredSHA256: a.StoredSHA256,
 			Compression: a.Compression, Chunks: a.Chunks, VersionID: a.VersionID, ETag: a.ETag,
-			Warnings: a.Warnings, Tool: manifest.Tool{Name: a.Tool.Name, Version: a.Tool.Version},
+			Warnings: a.Warnings, Tool: manifest.Tool{Name: a.Tool.Name, Version: a.Tool.Version}, Details: a.Details,
 		}
 		if a.State != state.Complete && a.Error == "" {
 			ma.Errors = []string{"not captured"}

@@ -274,6 +274,7 @@ type Artifact struct {
 	Warnings        []string          `json:"warnings,omitempty"`
 	Skipped         []Range           `json:"skipped,omitempty"`
 	Tool            ToolInfo          `json:"tool"`
+	Details         map[string]string `json:"details,omitempty"`
 }
 
 // Collection is one responder request for evidence from one agent. Its

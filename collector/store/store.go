@@ -177,3 +177,33 @@ type Info struct {
 	ETag      string // empty for fs
 	ModTime   time.Time
 }
+
+// Resumable is implemented by stores that can continue an interrupted write
+// after the collector itself restarted (issue: resumable uploads). The
+// collector persists the state a Checkpoint returns (in its database) and,
+// after a restart, hands it to Resume to continue the very same object.
+type Resumable interface {
+	Store
+	// Resume reopens the write described by state (from Checkpoint). The
+	// returned writer continues at exactly the returned durable size: bytes
+	// written after the checkpoint are gone. ErrNotFound if the backing
+	// partial object (fs partial file, S3 multipart upload) no longer exists.
+	Resume(ctx context.Context, key string, state []byte) (w ResumableWriter, durable int64, err error)
+}
+
+// ResumableWriter is a Writer whose progress can be made durable.
+//
+// Each Write call is an indivisible unit: a checkpoint never splits one.
+// (The collector writes one verified zstd frame per Write, so a durable
+// size always falls on a chunk boundary, which maps to a raw offset the
+// agent can resume from.)
+type ResumableWriter interface {
+	Writer
+	// Checkpoint makes durable as much as the backend can, and returns the
+	// state Resume needs and the number of bytes it covers. The durable size
+	// may lag what was written (an S3 part is sent only once it reaches the
+	// part size); it always equals the total of some prefix of Write calls.
+	// The state includes the running SHA-256 of the durable bytes, so Commit
+	// after Resume checks the whole object without rereading it.
+	Checkpoint(ctx context.Context) (state []byte, durable int64, err error)
+}

@@ -113,6 +113,9 @@ type Artifact struct {
 	Warnings      []string `json:"warnings,omitempty"`
 	SkippedRanges []Range  `json:"skipped_ranges,omitempty"`
 	Tool          Tool     `json:"tool"`
+	// Details are artifact-specific facts (memory source, freeze mode, scan
+	// timing) as flat strings, so Athena and jq read them without a schema.
+	Details map[string]string `json:"details,omitempty"`
 }
 
 // Range is a byte range of the raw stream's source that could not be read

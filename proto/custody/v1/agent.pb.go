@@ -1405,8 +1405,11 @@ type UploadTrailer struct {
 	SkippedRanges []*SkippedRange        `protobuf:"bytes,6,rep,name=skipped_ranges,json=skippedRanges,proto3" json:"skipped_ranges,omitempty"`
 	// Non-empty when the capture failed part way: what was sent is kept as
 	// evidence, and the artifact is marked failed.
-	Error         string    `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	Tool          *ToolInfo `protobuf:"bytes,8,opt,name=tool,proto3" json:"tool,omitempty"`
+	Error string    `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Tool  *ToolInfo `protobuf:"bytes,8,opt,name=tool,proto3" json:"tool,omitempty"`
+	// Artifact-specific facts for the manifest (memory source, freeze mode,
+	// scan timing).
+	Details       map[string]string `protobuf:"bytes,9,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1493,6 +1496,13 @@ func (x *UploadTrailer) GetError() string {
 func (x *UploadTrailer) GetTool() *ToolInfo {
 	if x != nil {
 		return x.Tool
+	}
+	return nil
+}
+
+func (x *UploadTrailer) GetDetails() map[string]string {
+	if x != nil {
+		return x.Details
 	}
 	return nil
 }
@@ -1775,7 +1785,7 @@ const file_custody_v1_agent_proto_rawDesc = "" +
 	"\x04data\x18\x05 \x01(\fR\x04data\"Q\n" +
 	"\bChunkAck\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12)\n" +
-	"\x10committed_offset\x18\x02 \x01(\x03R\x0fcommittedOffset\"\xa0\x02\n" +
+	"\x10committed_offset\x18\x02 \x01(\x03R\x0fcommittedOffset\"\x9e\x03\n" +
 	"\rUploadTrailer\x12!\n" +
 	"\ftotal_length\x18\x01 \x01(\x03R\vtotalLength\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\x12\x1f\n" +
@@ -1785,7 +1795,11 @@ const file_custody_v1_agent_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12?\n" +
 	"\x0eskipped_ranges\x18\x06 \x03(\v2\x18.custody.v1.SkippedRangeR\rskippedRanges\x12\x14\n" +
 	"\x05error\x18\a \x01(\tR\x05error\x12(\n" +
-	"\x04tool\x18\b \x01(\v2\x14.custody.v1.ToolInfoR\x04tool\"\x88\x01\n" +
+	"\x04tool\x18\b \x01(\v2\x14.custody.v1.ToolInfoR\x04tool\x12@\n" +
+	"\adetails\x18\t \x03(\v2&.custody.v1.UploadTrailer.DetailsEntryR\adetails\x1a:\n" +
+	"\fDetailsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x01\n" +
 	"\x0fUploadCommitted\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1f\n" +
 	"\vstored_size\x18\x02 \x01(\x03R\n" +
@@ -1823,7 +1837,7 @@ func file_custody_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_custody_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_custody_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_custody_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_custody_v1_agent_proto_goTypes = []any{
 	(Compression)(0),              // 0: custody.v1.Compression
 	(*EnrollRequest)(nil),         // 1: custody.v1.EnrollRequest
@@ -1850,26 +1864,27 @@ var file_custody_v1_agent_proto_goTypes = []any{
 	(*SkippedRange)(nil),          // 22: custody.v1.SkippedRange
 	(*ToolInfo)(nil),              // 23: custody.v1.ToolInfo
 	nil,                           // 24: custody.v1.ArtifactRequest.ParamsEntry
-	(*HostFacts)(nil),             // 25: custody.v1.HostFacts
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(ArtifactState)(0),            // 28: custody.v1.ArtifactState
+	nil,                           // 25: custody.v1.UploadTrailer.DetailsEntry
+	(*HostFacts)(nil),             // 26: custody.v1.HostFacts
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(ArtifactState)(0),            // 29: custody.v1.ArtifactState
 }
 var file_custody_v1_agent_proto_depIdxs = []int32{
-	25, // 0: custody.v1.EnrollRequest.host:type_name -> custody.v1.HostFacts
+	26, // 0: custody.v1.EnrollRequest.host:type_name -> custody.v1.HostFacts
 	7,  // 1: custody.v1.SessionRequest.hello:type_name -> custody.v1.Hello
 	9,  // 2: custody.v1.SessionRequest.heartbeat:type_name -> custody.v1.Heartbeat
 	13, // 3: custody.v1.SessionRequest.task_update:type_name -> custody.v1.TaskUpdate
 	8,  // 4: custody.v1.SessionResponse.welcome:type_name -> custody.v1.Welcome
 	10, // 5: custody.v1.SessionResponse.task:type_name -> custody.v1.Task
 	12, // 6: custody.v1.SessionResponse.cancel_task:type_name -> custody.v1.CancelTask
-	25, // 7: custody.v1.Hello.host:type_name -> custody.v1.HostFacts
-	26, // 8: custody.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	27, // 9: custody.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	26, // 7: custody.v1.Hello.host:type_name -> custody.v1.HostFacts
+	27, // 8: custody.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	28, // 9: custody.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
 	11, // 10: custody.v1.Task.artifacts:type_name -> custody.v1.ArtifactRequest
-	27, // 11: custody.v1.Task.deadline:type_name -> google.protobuf.Timestamp
+	28, // 11: custody.v1.Task.deadline:type_name -> google.protobuf.Timestamp
 	24, // 12: custody.v1.ArtifactRequest.params:type_name -> custody.v1.ArtifactRequest.ParamsEntry
-	28, // 13: custody.v1.TaskUpdate.state:type_name -> custody.v1.ArtifactState
+	29, // 13: custody.v1.TaskUpdate.state:type_name -> custody.v1.ArtifactState
 	16, // 14: custody.v1.UploadRequest.open:type_name -> custody.v1.UploadOpen
 	18, // 15: custody.v1.UploadRequest.chunk:type_name -> custody.v1.Chunk
 	20, // 16: custody.v1.UploadRequest.trailer:type_name -> custody.v1.UploadTrailer
@@ -1879,19 +1894,20 @@ var file_custody_v1_agent_proto_depIdxs = []int32{
 	0,  // 20: custody.v1.UploadOpen.compression:type_name -> custody.v1.Compression
 	22, // 21: custody.v1.UploadTrailer.skipped_ranges:type_name -> custody.v1.SkippedRange
 	23, // 22: custody.v1.UploadTrailer.tool:type_name -> custody.v1.ToolInfo
-	1,  // 23: custody.v1.AgentService.Enroll:input_type -> custody.v1.EnrollRequest
-	3,  // 24: custody.v1.AgentService.Renew:input_type -> custody.v1.RenewRequest
-	5,  // 25: custody.v1.AgentService.Session:input_type -> custody.v1.SessionRequest
-	14, // 26: custody.v1.AgentService.Upload:input_type -> custody.v1.UploadRequest
-	2,  // 27: custody.v1.AgentService.Enroll:output_type -> custody.v1.EnrollResponse
-	4,  // 28: custody.v1.AgentService.Renew:output_type -> custody.v1.RenewResponse
-	6,  // 29: custody.v1.AgentService.Session:output_type -> custody.v1.SessionResponse
-	15, // 30: custody.v1.AgentService.Upload:output_type -> custody.v1.UploadResponse
-	27, // [27:31] is the sub-list for method output_type
-	23, // [23:27] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	25, // 23: custody.v1.UploadTrailer.details:type_name -> custody.v1.UploadTrailer.DetailsEntry
+	1,  // 24: custody.v1.AgentService.Enroll:input_type -> custody.v1.EnrollRequest
+	3,  // 25: custody.v1.AgentService.Renew:input_type -> custody.v1.RenewRequest
+	5,  // 26: custody.v1.AgentService.Session:input_type -> custody.v1.SessionRequest
+	14, // 27: custody.v1.AgentService.Upload:input_type -> custody.v1.UploadRequest
+	2,  // 28: custody.v1.AgentService.Enroll:output_type -> custody.v1.EnrollResponse
+	4,  // 29: custody.v1.AgentService.Renew:output_type -> custody.v1.RenewResponse
+	6,  // 30: custody.v1.AgentService.Session:output_type -> custody.v1.SessionResponse
+	15, // 31: custody.v1.AgentService.Upload:output_type -> custody.v1.UploadResponse
+	28, // [28:32] is the sub-list for method output_type
+	24, // [24:28] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_agent_proto_init() }
@@ -1926,7 +1942,7 @@ func file_custody_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custody_v1_agent_proto_rawDesc), len(file_custody_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
