@@ -495,8 +495,10 @@ type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Host  *HostFacts             `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
 	// Artifacts this agent can capture.
-	Artifacts     []string `protobuf:"bytes,2,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
-	AgentVersion  string   `protobuf:"bytes,3,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Artifacts    []string `protobuf:"bytes,2,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	AgentVersion string   `protobuf:"bytes,3,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// What this host allows the agent to capture, and why not.
+	Preflight     []*PreflightCheck `protobuf:"bytes,4,rep,name=preflight,proto3" json:"preflight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,6 +552,13 @@ func (x *Hello) GetAgentVersion() string {
 		return x.AgentVersion
 	}
 	return ""
+}
+
+func (x *Hello) GetPreflight() []*PreflightCheck {
+	if x != nil {
+		return x.Preflight
+	}
+	return nil
 }
 
 type Welcome struct {
@@ -1718,11 +1727,12 @@ const file_custody_v1_agent_proto_rawDesc = "" +
 	"\x04task\x18\x02 \x01(\v2\x10.custody.v1.TaskH\x00R\x04task\x129\n" +
 	"\vcancel_task\x18\x03 \x01(\v2\x16.custody.v1.CancelTaskH\x00R\n" +
 	"cancelTaskB\x05\n" +
-	"\x03msg\"u\n" +
+	"\x03msg\"\xaf\x01\n" +
 	"\x05Hello\x12)\n" +
 	"\x04host\x18\x01 \x01(\v2\x15.custody.v1.HostFactsR\x04host\x12\x1c\n" +
 	"\tartifacts\x18\x02 \x03(\tR\tartifacts\x12#\n" +
-	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\"n\n" +
+	"\ragent_version\x18\x03 \x01(\tR\fagentVersion\x128\n" +
+	"\tpreflight\x18\x04 \x03(\v2\x1a.custody.v1.PreflightCheckR\tpreflight\"n\n" +
 	"\aWelcome\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"@\n" +
@@ -1866,9 +1876,10 @@ var file_custody_v1_agent_proto_goTypes = []any{
 	nil,                           // 24: custody.v1.ArtifactRequest.ParamsEntry
 	nil,                           // 25: custody.v1.UploadTrailer.DetailsEntry
 	(*HostFacts)(nil),             // 26: custody.v1.HostFacts
-	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
-	(ArtifactState)(0),            // 29: custody.v1.ArtifactState
+	(*PreflightCheck)(nil),        // 27: custody.v1.PreflightCheck
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(ArtifactState)(0),            // 30: custody.v1.ArtifactState
 }
 var file_custody_v1_agent_proto_depIdxs = []int32{
 	26, // 0: custody.v1.EnrollRequest.host:type_name -> custody.v1.HostFacts
@@ -1879,35 +1890,36 @@ var file_custody_v1_agent_proto_depIdxs = []int32{
 	10, // 5: custody.v1.SessionResponse.task:type_name -> custody.v1.Task
 	12, // 6: custody.v1.SessionResponse.cancel_task:type_name -> custody.v1.CancelTask
 	26, // 7: custody.v1.Hello.host:type_name -> custody.v1.HostFacts
-	27, // 8: custody.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	28, // 9: custody.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	11, // 10: custody.v1.Task.artifacts:type_name -> custody.v1.ArtifactRequest
-	28, // 11: custody.v1.Task.deadline:type_name -> google.protobuf.Timestamp
-	24, // 12: custody.v1.ArtifactRequest.params:type_name -> custody.v1.ArtifactRequest.ParamsEntry
-	29, // 13: custody.v1.TaskUpdate.state:type_name -> custody.v1.ArtifactState
-	16, // 14: custody.v1.UploadRequest.open:type_name -> custody.v1.UploadOpen
-	18, // 15: custody.v1.UploadRequest.chunk:type_name -> custody.v1.Chunk
-	20, // 16: custody.v1.UploadRequest.trailer:type_name -> custody.v1.UploadTrailer
-	17, // 17: custody.v1.UploadResponse.accepted:type_name -> custody.v1.UploadAccepted
-	19, // 18: custody.v1.UploadResponse.ack:type_name -> custody.v1.ChunkAck
-	21, // 19: custody.v1.UploadResponse.committed:type_name -> custody.v1.UploadCommitted
-	0,  // 20: custody.v1.UploadOpen.compression:type_name -> custody.v1.Compression
-	22, // 21: custody.v1.UploadTrailer.skipped_ranges:type_name -> custody.v1.SkippedRange
-	23, // 22: custody.v1.UploadTrailer.tool:type_name -> custody.v1.ToolInfo
-	25, // 23: custody.v1.UploadTrailer.details:type_name -> custody.v1.UploadTrailer.DetailsEntry
-	1,  // 24: custody.v1.AgentService.Enroll:input_type -> custody.v1.EnrollRequest
-	3,  // 25: custody.v1.AgentService.Renew:input_type -> custody.v1.RenewRequest
-	5,  // 26: custody.v1.AgentService.Session:input_type -> custody.v1.SessionRequest
-	14, // 27: custody.v1.AgentService.Upload:input_type -> custody.v1.UploadRequest
-	2,  // 28: custody.v1.AgentService.Enroll:output_type -> custody.v1.EnrollResponse
-	4,  // 29: custody.v1.AgentService.Renew:output_type -> custody.v1.RenewResponse
-	6,  // 30: custody.v1.AgentService.Session:output_type -> custody.v1.SessionResponse
-	15, // 31: custody.v1.AgentService.Upload:output_type -> custody.v1.UploadResponse
-	28, // [28:32] is the sub-list for method output_type
-	24, // [24:28] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	27, // 8: custody.v1.Hello.preflight:type_name -> custody.v1.PreflightCheck
+	28, // 9: custody.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	29, // 10: custody.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	11, // 11: custody.v1.Task.artifacts:type_name -> custody.v1.ArtifactRequest
+	29, // 12: custody.v1.Task.deadline:type_name -> google.protobuf.Timestamp
+	24, // 13: custody.v1.ArtifactRequest.params:type_name -> custody.v1.ArtifactRequest.ParamsEntry
+	30, // 14: custody.v1.TaskUpdate.state:type_name -> custody.v1.ArtifactState
+	16, // 15: custody.v1.UploadRequest.open:type_name -> custody.v1.UploadOpen
+	18, // 16: custody.v1.UploadRequest.chunk:type_name -> custody.v1.Chunk
+	20, // 17: custody.v1.UploadRequest.trailer:type_name -> custody.v1.UploadTrailer
+	17, // 18: custody.v1.UploadResponse.accepted:type_name -> custody.v1.UploadAccepted
+	19, // 19: custody.v1.UploadResponse.ack:type_name -> custody.v1.ChunkAck
+	21, // 20: custody.v1.UploadResponse.committed:type_name -> custody.v1.UploadCommitted
+	0,  // 21: custody.v1.UploadOpen.compression:type_name -> custody.v1.Compression
+	22, // 22: custody.v1.UploadTrailer.skipped_ranges:type_name -> custody.v1.SkippedRange
+	23, // 23: custody.v1.UploadTrailer.tool:type_name -> custody.v1.ToolInfo
+	25, // 24: custody.v1.UploadTrailer.details:type_name -> custody.v1.UploadTrailer.DetailsEntry
+	1,  // 25: custody.v1.AgentService.Enroll:input_type -> custody.v1.EnrollRequest
+	3,  // 26: custody.v1.AgentService.Renew:input_type -> custody.v1.RenewRequest
+	5,  // 27: custody.v1.AgentService.Session:input_type -> custody.v1.SessionRequest
+	14, // 28: custody.v1.AgentService.Upload:input_type -> custody.v1.UploadRequest
+	2,  // 29: custody.v1.AgentService.Enroll:output_type -> custody.v1.EnrollResponse
+	4,  // 30: custody.v1.AgentService.Renew:output_type -> custody.v1.RenewResponse
+	6,  // 31: custody.v1.AgentService.Session:output_type -> custody.v1.SessionResponse
+	15, // 32: custody.v1.AgentService.Upload:output_type -> custody.v1.UploadResponse
+	29, // [29:33] is the sub-list for method output_type
+	25, // [25:29] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_agent_proto_init() }

@@ -232,6 +232,68 @@ func (x *HostFacts) GetTaskArn() string {
 	return ""
 }
 
+// PreflightCheck is one thing the host allows or refuses (running as root,
+// a capability, kernel lockdown, /proc/kcore, a matching lime.ko).
+type PreflightCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Ok            bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreflightCheck) Reset() {
+	*x = PreflightCheck{}
+	mi := &file_custody_v1_common_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreflightCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreflightCheck) ProtoMessage() {}
+
+func (x *PreflightCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_custody_v1_common_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreflightCheck.ProtoReflect.Descriptor instead.
+func (*PreflightCheck) Descriptor() ([]byte, []int) {
+	return file_custody_v1_common_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PreflightCheck) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PreflightCheck) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *PreflightCheck) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 var File_custody_v1_common_proto protoreflect.FileDescriptor
 
 const file_custody_v1_common_proto_rawDesc = "" +
@@ -246,7 +308,11 @@ const file_custody_v1_common_proto_rawDesc = "" +
 	"\aboot_id\x18\x05 \x01(\tR\x06bootId\x12\x1f\n" +
 	"\vinstance_id\x18\x06 \x01(\tR\n" +
 	"instanceId\x12\x19\n" +
-	"\btask_arn\x18\a \x01(\tR\ataskArn*\x9f\x01\n" +
+	"\btask_arn\x18\a \x01(\tR\ataskArn\"L\n" +
+	"\x0ePreflightCheck\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail*\x9f\x01\n" +
 	"\rArtifactState\x12\x1e\n" +
 	"\x1aARTIFACT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ARTIFACT_STATE_PENDING\x10\x01\x12\x1a\n" +
@@ -275,11 +341,12 @@ func file_custody_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_custody_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_custody_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_custody_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_custody_v1_common_proto_goTypes = []any{
-	(ArtifactState)(0),   // 0: custody.v1.ArtifactState
-	(CollectionState)(0), // 1: custody.v1.CollectionState
-	(*HostFacts)(nil),    // 2: custody.v1.HostFacts
+	(ArtifactState)(0),     // 0: custody.v1.ArtifactState
+	(CollectionState)(0),   // 1: custody.v1.CollectionState
+	(*HostFacts)(nil),      // 2: custody.v1.HostFacts
+	(*PreflightCheck)(nil), // 3: custody.v1.PreflightCheck
 }
 var file_custody_v1_common_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -300,7 +367,7 @@ func file_custody_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custody_v1_common_proto_rawDesc), len(file_custody_v1_common_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

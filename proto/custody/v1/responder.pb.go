@@ -33,6 +33,7 @@ type Agent struct {
 	LastSeen        *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	CertFingerprint string                 `protobuf:"bytes,8,opt,name=cert_fingerprint,json=certFingerprint,proto3" json:"cert_fingerprint,omitempty"`
 	CertNotAfter    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	Preflight       []*PreflightCheck      `protobuf:"bytes,10,rep,name=preflight,proto3" json:"preflight,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -126,6 +127,13 @@ func (x *Agent) GetCertFingerprint() string {
 func (x *Agent) GetCertNotAfter() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CertNotAfter
+	}
+	return nil
+}
+
+func (x *Agent) GetPreflight() []*PreflightCheck {
+	if x != nil {
+		return x.Preflight
 	}
 	return nil
 }
@@ -1146,7 +1154,7 @@ var File_custody_v1_responder_proto protoreflect.FileDescriptor
 const file_custody_v1_responder_proto_rawDesc = "" +
 	"\n" +
 	"\x1acustody/v1/responder.proto\x12\n" +
-	"custody.v1\x1a\x17custody/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x03\n" +
+	"custody.v1\x1a\x17custody/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x03\n" +
 	"\x05Agent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12)\n" +
 	"\x04host\x18\x02 \x01(\v2\x15.custody.v1.HostFactsR\x04host\x12\x1c\n" +
@@ -1157,7 +1165,9 @@ const file_custody_v1_responder_proto_rawDesc = "" +
 	"enrolledAt\x127\n" +
 	"\tlast_seen\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12)\n" +
 	"\x10cert_fingerprint\x18\b \x01(\tR\x0fcertFingerprint\x12@\n" +
-	"\x0ecert_not_after\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter\"\x13\n" +
+	"\x0ecert_not_after\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter\x128\n" +
+	"\tpreflight\x18\n" +
+	" \x03(\v2\x1a.custody.v1.PreflightCheckR\tpreflight\"\x13\n" +
 	"\x11ListAgentsRequest\"?\n" +
 	"\x12ListAgentsResponse\x12)\n" +
 	"\x06agents\x18\x01 \x03(\v2\x11.custody.v1.AgentR\x06agents\",\n" +
@@ -1285,47 +1295,49 @@ var file_custody_v1_responder_proto_goTypes = []any{
 	nil,                              // 19: custody.v1.ArtifactSpec.ParamsEntry
 	(*HostFacts)(nil),                // 20: custody.v1.HostFacts
 	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
-	(CollectionState)(0),             // 22: custody.v1.CollectionState
-	(ArtifactState)(0),               // 23: custody.v1.ArtifactState
+	(*PreflightCheck)(nil),           // 22: custody.v1.PreflightCheck
+	(CollectionState)(0),             // 23: custody.v1.CollectionState
+	(ArtifactState)(0),               // 24: custody.v1.ArtifactState
 }
 var file_custody_v1_responder_proto_depIdxs = []int32{
 	20, // 0: custody.v1.Agent.host:type_name -> custody.v1.HostFacts
 	21, // 1: custody.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
 	21, // 2: custody.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
 	21, // 3: custody.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
-	0,  // 4: custody.v1.ListAgentsResponse.agents:type_name -> custody.v1.Agent
-	0,  // 5: custody.v1.GetAgentResponse.agent:type_name -> custody.v1.Agent
-	6,  // 6: custody.v1.CreateCollectionRequest.artifacts:type_name -> custody.v1.ArtifactSpec
-	19, // 7: custody.v1.ArtifactSpec.params:type_name -> custody.v1.ArtifactSpec.ParamsEntry
-	8,  // 8: custody.v1.CreateCollectionResponse.collection:type_name -> custody.v1.Collection
-	22, // 9: custody.v1.Collection.state:type_name -> custody.v1.CollectionState
-	9,  // 10: custody.v1.Collection.artifacts:type_name -> custody.v1.ArtifactStatus
-	21, // 11: custody.v1.Collection.requested_at:type_name -> google.protobuf.Timestamp
-	21, // 12: custody.v1.Collection.started_at:type_name -> google.protobuf.Timestamp
-	21, // 13: custody.v1.Collection.finished_at:type_name -> google.protobuf.Timestamp
-	23, // 14: custody.v1.ArtifactStatus.state:type_name -> custody.v1.ArtifactState
-	8,  // 15: custody.v1.GetCollectionResponse.collection:type_name -> custody.v1.Collection
-	8,  // 16: custody.v1.WatchCollectionResponse.collection:type_name -> custody.v1.Collection
-	16, // 17: custody.v1.ListEvidenceResponse.objects:type_name -> custody.v1.EvidenceObject
-	1,  // 18: custody.v1.ResponderService.ListAgents:input_type -> custody.v1.ListAgentsRequest
-	3,  // 19: custody.v1.ResponderService.GetAgent:input_type -> custody.v1.GetAgentRequest
-	5,  // 20: custody.v1.ResponderService.CreateCollection:input_type -> custody.v1.CreateCollectionRequest
-	10, // 21: custody.v1.ResponderService.GetCollection:input_type -> custody.v1.GetCollectionRequest
-	12, // 22: custody.v1.ResponderService.WatchCollection:input_type -> custody.v1.WatchCollectionRequest
-	14, // 23: custody.v1.ResponderService.ListEvidence:input_type -> custody.v1.ListEvidenceRequest
-	17, // 24: custody.v1.ResponderService.ReadEvidence:input_type -> custody.v1.ReadEvidenceRequest
-	2,  // 25: custody.v1.ResponderService.ListAgents:output_type -> custody.v1.ListAgentsResponse
-	4,  // 26: custody.v1.ResponderService.GetAgent:output_type -> custody.v1.GetAgentResponse
-	7,  // 27: custody.v1.ResponderService.CreateCollection:output_type -> custody.v1.CreateCollectionResponse
-	11, // 28: custody.v1.ResponderService.GetCollection:output_type -> custody.v1.GetCollectionResponse
-	13, // 29: custody.v1.ResponderService.WatchCollection:output_type -> custody.v1.WatchCollectionResponse
-	15, // 30: custody.v1.ResponderService.ListEvidence:output_type -> custody.v1.ListEvidenceResponse
-	18, // 31: custody.v1.ResponderService.ReadEvidence:output_type -> custody.v1.ReadEvidenceResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	22, // 4: custody.v1.Agent.preflight:type_name -> custody.v1.PreflightCheck
+	0,  // 5: custody.v1.ListAgentsResponse.agents:type_name -> custody.v1.Agent
+	0,  // 6: custody.v1.GetAgentResponse.agent:type_name -> custody.v1.Agent
+	6,  // 7: custody.v1.CreateCollectionRequest.artifacts:type_name -> custody.v1.ArtifactSpec
+	19, // 8: custody.v1.ArtifactSpec.params:type_name -> custody.v1.ArtifactSpec.ParamsEntry
+	8,  // 9: custody.v1.CreateCollectionResponse.collection:type_name -> custody.v1.Collection
+	23, // 10: custody.v1.Collection.state:type_name -> custody.v1.CollectionState
+	9,  // 11: custody.v1.Collection.artifacts:type_name -> custody.v1.ArtifactStatus
+	21, // 12: custody.v1.Collection.requested_at:type_name -> google.protobuf.Timestamp
+	21, // 13: custody.v1.Collection.started_at:type_name -> google.protobuf.Timestamp
+	21, // 14: custody.v1.Collection.finished_at:type_name -> google.protobuf.Timestamp
+	24, // 15: custody.v1.ArtifactStatus.state:type_name -> custody.v1.ArtifactState
+	8,  // 16: custody.v1.GetCollectionResponse.collection:type_name -> custody.v1.Collection
+	8,  // 17: custody.v1.WatchCollectionResponse.collection:type_name -> custody.v1.Collection
+	16, // 18: custody.v1.ListEvidenceResponse.objects:type_name -> custody.v1.EvidenceObject
+	1,  // 19: custody.v1.ResponderService.ListAgents:input_type -> custody.v1.ListAgentsRequest
+	3,  // 20: custody.v1.ResponderService.GetAgent:input_type -> custody.v1.GetAgentRequest
+	5,  // 21: custody.v1.ResponderService.CreateCollection:input_type -> custody.v1.CreateCollectionRequest
+	10, // 22: custody.v1.ResponderService.GetCollection:input_type -> custody.v1.GetCollectionRequest
+	12, // 23: custody.v1.ResponderService.WatchCollection:input_type -> custody.v1.WatchCollectionRequest
+	14, // 24: custody.v1.ResponderService.ListEvidence:input_type -> custody.v1.ListEvidenceRequest
+	17, // 25: custody.v1.ResponderService.ReadEvidence:input_type -> custody.v1.ReadEvidenceRequest
+	2,  // 26: custody.v1.ResponderService.ListAgents:output_type -> custody.v1.ListAgentsResponse
+	4,  // 27: custody.v1.ResponderService.GetAgent:output_type -> custody.v1.GetAgentResponse
+	7,  // 28: custody.v1.ResponderService.CreateCollection:output_type -> custody.v1.CreateCollectionResponse
+	11, // 29: custody.v1.ResponderService.GetCollection:output_type -> custody.v1.GetCollectionResponse
+	13, // 30: custody.v1.ResponderService.WatchCollection:output_type -> custody.v1.WatchCollectionResponse
+	15, // 31: custody.v1.ResponderService.ListEvidence:output_type -> custody.v1.ListEvidenceResponse
+	18, // 32: custody.v1.ResponderService.ReadEvidence:output_type -> custody.v1.ReadEvidenceResponse
+	26, // [26:33] is the sub-list for method output_type
+	19, // [19:26] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_responder_proto_init() }
