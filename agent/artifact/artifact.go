@@ -41,6 +41,11 @@ type Kind struct {
 	Doc     string   // one line for --help
 	Params  []string // parameter names it accepts; any other is an error
 	Collect func(ctx context.Context, env Env, p Params, w io.Writer) (Result, error)
+	// CollectAt, for sources that can seek (a file, a memory image), writes
+	// the artifact from raw offset on: how an interrupted upload resumes in
+	// place. Sources without it are regenerated and their already-stored
+	// prefix skipped and checked against the collector's hash.
+	CollectAt func(ctx context.Context, env Env, p Params, offset int64, w io.Writer) (Result, error)
 }
 
 // Params are the per-request options of one artifact, such as the path of
@@ -105,6 +110,14 @@ func register(k Kind) {
 			return Result{}, err
 		}
 		return collect(ctx, env.withDefaults(), p, w)
+	}
+	if at := k.CollectAt; at != nil {
+		k.CollectAt = func(ctx context.Context, env Env, p Params, offset int64, w io.Writer) (Result, error) {
+			if err := k.CheckParams(p); err != nil {
+				return Result{}, err
+			}
+			return at(ctx, env.withDefaults(), p, offset, w)
+		}
 	}
 	kinds[k.Name] = k
 }

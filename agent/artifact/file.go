@@ -18,6 +18,9 @@ func init() {
 		Doc:     "one regular file or block device, byte for byte (path=/absolute/path)",
 		Params:  []string{"path"},
 		Collect: collectFile,
+		CollectAt: func(ctx context.Context, env Env, p Params, offset int64, w io.Writer) (Result, error) {
+			return collectFileAt(ctx, p, offset, w)
+		},
 	})
 }
 
@@ -26,6 +29,10 @@ func init() {
 const fileBufSize = 1 << 20
 
 func collectFile(ctx context.Context, _ Env, p Params, w io.Writer) (Result, error) {
+	return collectFileAt(ctx, p, 0, w)
+}
+
+func collectFileAt(ctx context.Context, p Params, offset int64, w io.Writer) (Result, error) {
 	path := p["path"]
 	res := Result{Source: "file:" + path}
 	if err := checkFilePath(path); err != nil {
@@ -36,6 +43,11 @@ func collectFile(ctx context.Context, _ Env, p Params, w io.Writer) (Result, err
 		return res, err
 	}
 	defer f.Close()
+	if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			return res, fmt.Errorf("file %q: seek to %d: %w", path, offset, err)
+		}
+	}
 
 	buf := make([]byte, fileBufSize)
 	for {

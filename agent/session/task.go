@@ -1,8 +1,13 @@
 package session
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -36,6 +41,16 @@ func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custo
 		}
 		start := time.Now()
 		res, err := a.capture(ctx, t.GetTaskId(), req, update)
+		if errors.Is(err, errAlreadyStored) {
+			log.Info("artifact already stored", "artifact", req.GetName())
+			continue
+		}
+		if ctx.Err() != nil {
+			// The session broke: the collector keeps the task and resumes
+			// it on the next hello; reporting a failure would be wrong.
+			log.Info("artifact interrupted; will resume", "artifact", req.GetName(), "err", err)
+			return
+		}
 		if err != nil {
 			log.Warn("artifact failed", "artifact", req.GetName(), "err", err)
 			update(&custodyv1.TaskUpdate{Artifact: req.GetName(), State: custodyv1.ArtifactState_ARTIFACT_STATE_FAILED, Error: err.Error()})
@@ -45,6 +60,14 @@ func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custo
 			"stored_bytes", res.StoredSize, "sha256", fmt.Sprintf("%x", res.RawSHA256), "took", time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// errAlreadyStored: the collector holds this artifact from an earlier
+// session (the task was re-delivered after a reconnect).
+var errAlreadyStored = errors.New("already stored by the collector")
+
+// errPrefixChanged: a regenerated source no longer produces the bytes the
+// collector already holds.
+var errPrefixChanged = errors.New("source no longer reproduces the bytes already stored")
 
 func (a *agent) capture(ctx context.Context, taskID string, req *custodyv1.ArtifactRequest, update func(*custodyv1.TaskUpdate)) (upload.Result, error) {
 	kind, err := artifact.Lookup(req.GetName())
@@ -62,30 +85,94 @@ func (a *agent) capture(ctx context.Context, taskID string, req *custodyv1.Artif
 		}
 	}
 	update(&custodyv1.TaskUpdate{Artifact: kind.Name, State: custodyv1.ArtifactState_ARTIFACT_STATE_RUNNING, BytesTotal: expected})
-	up, err := upload.Start(ctx, a.client, upload.Options{
-		TaskID: taskID, Artifact: kind.Name, Extension: kind.Ext, ExpectedSize: expected,
-	})
-	if err != nil {
-		return upload.Result{}, err
+	restart := false
+	for {
+		up, err := upload.Start(ctx, a.client, upload.Options{
+			TaskID: taskID, Artifact: kind.Name, Extension: kind.Ext, ExpectedSize: expected, Restart: restart,
+		})
+		if status.Code(err) == codes.AlreadyExists {
+			return upload.Result{}, errAlreadyStored
+		}
+		if err != nil {
+			return upload.Result{}, err
+		}
+		var res artifact.Result
+		var cerr error
+		off := up.ResumeOffset()
+		switch {
+		case off == 0:
+			res, cerr = kind.Collect(ctx, a.cfg.Env, params, up)
+		case kind.CollectAt != nil:
+			a.log.Info("resuming upload in place", "artifact", kind.Name, "offset", off)
+			res, cerr = kind.CollectAt(ctx, a.cfg.Env, params, off, up)
+		default:
+			// Regenerate the source, skip what the collector holds, and
+			// check it is what the collector holds.
+			sk := &skipper{w: up, skip: off, h: sha256.New(), want: up.ResumeSHA256()}
+			res, cerr = kind.Collect(ctx, a.cfg.Env, params, sk)
+			if !restart && (errors.Is(cerr, errPrefixChanged) || (cerr == nil && !sk.reached)) {
+				a.log.Info("source changed since the interrupted upload; starting it over", "artifact", kind.Name, "offset", off)
+				up.Abort()
+				restart = true
+				continue
+			}
+			a.log.Info("resumed upload after a verified prefix", "artifact", kind.Name, "offset", off)
+		}
+		if ctx.Err() != nil {
+			up.Abort()
+			return upload.Result{}, ctx.Err()
+		}
+		tr := upload.Trailer{Source: res.Source, Warnings: res.Warnings, Err: cerr, Details: res.Details,
+			Tool: &custodyv1.ToolInfo{Name: "custody-agent", Version: a.cfg.Version}}
+		if restart {
+			tr.Warnings = append(tr.Warnings, "upload restarted from zero after an interruption: the source no longer reproduced the bytes already stored")
+		}
+		for _, r := range res.Skipped {
+			tr.Skipped = append(tr.Skipped, &custodyv1.SkippedRange{Start: r.Start, End: r.End, Reason: r.Reason})
+		}
+		out, err := up.Close(tr)
+		if err != nil {
+			return upload.Result{}, err
+		}
+		if cerr != nil {
+			return out, fmt.Errorf("capture incomplete (what was read is stored): %w", cerr)
+		}
+		return out, nil
 	}
-	res, cerr := kind.Collect(ctx, a.cfg.Env, params, up)
-	if ctx.Err() != nil {
-		up.Abort()
-		return upload.Result{}, ctx.Err()
+}
+
+// skipper discards the first skip bytes written to it, hashing them, and
+// passes the rest on once the hash of the skipped prefix is the expected one.
+type skipper struct {
+	w       io.Writer
+	skip    int64
+	seen    int64
+	h       hash.Hash
+	want    []byte
+	reached bool
+}
+
+func (s *skipper) Write(p []byte) (int, error) {
+	n := len(p)
+	if !s.reached {
+		take := min(int64(len(p)), s.skip-s.seen)
+		s.h.Write(p[:take])
+		s.seen += take
+		p = p[take:]
+		if s.seen < s.skip {
+			return n, nil
+		}
+		if !bytes.Equal(s.h.Sum(nil), s.want) {
+			return 0, errPrefixChanged
+		}
+		s.reached = true
 	}
-	tr := upload.Trailer{Source: res.Source, Warnings: res.Warnings, Err: cerr, Details: res.Details,
-		Tool: &custodyv1.ToolInfo{Name: "custody-agent", Version: a.cfg.Version}}
-	for _, r := range res.Skipped {
-		tr.Skipped = append(tr.Skipped, &custodyv1.SkippedRange{Start: r.Start, End: r.End, Reason: r.Reason})
+	if len(p) > 0 {
+		if _, err := s.w.Write(p); err != nil {
+			return 0, err
+		}
 	}
-	out, err := up.Close(tr)
-	if err != nil {
-		return upload.Result{}, err
-	}
-	if cerr != nil {
-		return out, fmt.Errorf("capture incomplete (what was read is stored): %w", cerr)
-	}
-	return out, nil
+	return n, nil
 }
 
 // permanent reports errors that retrying will not fix.

@@ -29,6 +29,8 @@ type Options struct {
 	Window int
 	// NoCompress sends raw bytes (for sources that are already compressed).
 	NoCompress bool
+	// Restart discards any partial upload of this artifact at the collector.
+	Restart bool
 	// Progress, if set, is called with the committed raw offset after each ack.
 	Progress func(committed int64)
 }
@@ -69,7 +71,18 @@ type Stream struct {
 	committed *custodyv1.UploadCommitted
 	recvDone  chan struct{}
 	sent      int
+
+	resumeAt  int64
+	resumeSum []byte
 }
+
+// ResumeOffset is the raw offset the collector already holds: the caller
+// must write the stream from there on (0 for a fresh upload).
+func (s *Stream) ResumeOffset() int64 { return s.resumeAt }
+
+// ResumeSHA256 is the collector's digest of the raw bytes before
+// ResumeOffset, for sources that regenerate the prefix to check it.
+func (s *Stream) ResumeSHA256() []byte { return s.resumeSum }
 
 // Start opens an upload and waits for the collector to accept it.
 func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Options, callOpts ...grpc.CallOption) (*Stream, error) {
@@ -88,6 +101,7 @@ func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Option
 	}
 	if err := st.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
 		TaskId: opts.TaskID, Artifact: opts.Artifact, Extension: opts.Extension, ExpectedSize: opts.ExpectedSize, Compression: comp,
+		Restart: opts.Restart,
 	}}}); err != nil {
 		cancel()
 		return nil, fmt.Errorf("upload %s: open: %w", opts.Artifact, recvCause(st, err))
@@ -102,16 +116,17 @@ func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Option
 		cancel()
 		return nil, fmt.Errorf("upload %s: %w: expected acceptance, got %T", opts.Artifact, ErrRejected, first.Msg)
 	}
-	if acc.GetResumeOffset() != 0 {
-		cancel()
-		return nil, fmt.Errorf("upload %s: collector asks to resume at %d; this agent cannot resume yet", opts.Artifact, acc.GetResumeOffset())
-	}
-	enc, err := chunk.NewEncoder(!opts.NoCompress)
+	// On a resume the encoder continues the collector's stream: sequence,
+	// offset and the hash of the prefix the collector already holds.
+	enc, err := chunk.NewEncoderAt(!opts.NoCompress, chunk.Position{
+		Seq: acc.GetNextSequence(), Offset: acc.GetResumeOffset(), HashState: acc.GetResumeSha256State(),
+	})
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	s := &Stream{stream: st, cancel: cancel, slots: make(chan struct{}, opts.Window), opts: opts, recvDone: make(chan struct{})}
+	s := &Stream{stream: st, cancel: cancel, slots: make(chan struct{}, opts.Window), opts: opts, recvDone: make(chan struct{}),
+		resumeAt: acc.GetResumeOffset(), resumeSum: acc.GetResumeSha256()}
 	size := chunk.MaxRawSize
 	if m := acc.GetMaxChunkSize(); m > 0 && m < int64(size) {
 		size = int(m)

@@ -3,11 +3,18 @@
 // written, the collector keeps its own hash of the whole raw stream and of
 // the stored bytes, and the object becomes visible only when the trailer
 // agrees with what was verified.
+//
+// On a resumable store an upload can be checkpointed: the checkpoint pairs
+// the store's durable state with the stream position (sequence, raw offset,
+// raw hash state) at exactly that durable point, so after a disconnect or a
+// collector restart the same object continues where it durably stood,
+// and no byte is stored twice.
 package ingest
 
 import (
 	"context"
 	"crypto/sha256"
+	"encoding"
 	"fmt"
 	"hash"
 
@@ -23,7 +30,26 @@ type Upload struct {
 	w          store.Writer
 	stored     hash.Hash
 	storedSize int64
-	done       bool
+	// ledger holds the stream position after every chunk written since the
+	// last checkpoint, so a checkpoint can name the position matching the
+	// store's durable size, which may lag what was written.
+	ledger []mark
+	done   bool
+}
+
+type mark struct {
+	stored     int64
+	storedHash []byte
+	pos        chunk.Position
+}
+
+// Checkpoint is everything needed to continue an upload later.
+type Checkpoint struct {
+	StoreState []byte
+	// Stored is the durable size of the stored object.
+	Stored     int64
+	StoredHash []byte
+	Position   chunk.Position
 }
 
 // Result is what the collector itself established about a finished upload.
@@ -51,7 +77,41 @@ func Begin(ctx context.Context, st store.Store, key string, expectedSize int64, 
 		v.Close()
 		return nil, fmt.Errorf("ingest: %s: %w", key, err)
 	}
-	return &Upload{key: key, v: v, w: w, stored: sha256.New()}, nil
+	u := &Upload{key: key, v: v, w: w, stored: sha256.New()}
+	u.ledger = []mark{u.mark()}
+	return u, nil
+}
+
+// Resume continues an upload from a checkpoint.
+func Resume(ctx context.Context, st store.Resumable, key string, cp Checkpoint, compressed bool) (*Upload, error) {
+	v, err := chunk.NewVerifierAt(compressed, cp.Position)
+	if err != nil {
+		return nil, err
+	}
+	w, durable, err := st.Resume(ctx, key, cp.StoreState)
+	if err != nil {
+		v.Close()
+		return nil, fmt.Errorf("ingest: resume %s: %w", key, err)
+	}
+	if durable != cp.Stored {
+		w.Abort(ctx)
+		v.Close()
+		return nil, fmt.Errorf("ingest: resume %s: store holds %d durable bytes, checkpoint says %d", key, durable, cp.Stored)
+	}
+	stored := sha256.New()
+	if err := stored.(encoding.BinaryUnmarshaler).UnmarshalBinary(cp.StoredHash); err != nil {
+		w.Abort(ctx)
+		v.Close()
+		return nil, fmt.Errorf("ingest: resume %s: stored hash state: %w", key, err)
+	}
+	u := &Upload{key: key, v: v, w: w, stored: stored, storedSize: cp.Stored}
+	u.ledger = []mark{u.mark()}
+	return u, nil
+}
+
+func (u *Upload) mark() mark {
+	hs, _ := u.stored.(encoding.BinaryMarshaler).MarshalBinary()
+	return mark{stored: u.storedSize, storedHash: hs, pos: u.v.Position()}
 }
 
 // Write verifies one chunk and appends its frame, as received, to the
@@ -65,7 +125,36 @@ func (u *Upload) Write(c chunk.Chunk) error {
 	}
 	u.stored.Write(c.Data)
 	u.storedSize += int64(len(c.Data))
+	if _, ok := u.w.(store.ResumableWriter); ok {
+		u.ledger = append(u.ledger, u.mark())
+	}
 	return nil
+}
+
+// Resumable reports whether the upload can be checkpointed.
+func (u *Upload) Resumable() bool {
+	_, ok := u.w.(store.ResumableWriter)
+	return ok
+}
+
+// Checkpoint makes what the store can durable and returns the matching
+// stream position.
+func (u *Upload) Checkpoint(ctx context.Context) (Checkpoint, error) {
+	rw, ok := u.w.(store.ResumableWriter)
+	if !ok {
+		return Checkpoint{}, fmt.Errorf("ingest: %s: store cannot checkpoint", u.key)
+	}
+	state, durable, err := rw.Checkpoint(ctx)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("ingest: %s: checkpoint: %w", u.key, err)
+	}
+	for i, m := range u.ledger {
+		if m.stored == durable {
+			u.ledger = u.ledger[i:]
+			return Checkpoint{StoreState: state, Stored: durable, StoredHash: m.storedHash, Position: m.pos}, nil
+		}
+	}
+	return Checkpoint{}, fmt.Errorf("ingest: %s: store made %d bytes durable, which is not a chunk boundary", u.key, durable)
 }
 
 // Committed is the raw offset below which every byte is verified and written.
@@ -73,6 +162,12 @@ func (u *Upload) Committed() int64 { return u.v.Committed() }
 
 // Chunks is the number of verified chunks.
 func (u *Upload) Chunks() uint64 { return u.v.Next() }
+
+// RawSum is the SHA-256 of the raw bytes verified so far.
+func (u *Upload) RawSum() []byte { return u.v.Sum() }
+
+// Position is where the verified stream stands.
+func (u *Upload) Position() chunk.Position { return u.v.Position() }
 
 // Finish checks the trailer and commits the object.
 func (u *Upload) Finish(ctx context.Context, t chunk.Trailer) (Result, error) {
@@ -97,4 +192,19 @@ func (u *Upload) Abort(ctx context.Context) {
 	u.done = true
 	u.v.Close()
 	u.w.Abort(ctx)
+}
+
+// Suspend releases the upload without discarding it, so that a later
+// Resume from the last checkpoint continues it. For a store that cannot
+// resume it is Abort.
+func (u *Upload) Suspend(ctx context.Context) {
+	if u.done {
+		return
+	}
+	if !u.Resumable() {
+		u.Abort(ctx)
+		return
+	}
+	u.done = true
+	u.v.Close()
 }

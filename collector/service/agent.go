@@ -3,20 +3,15 @@ package service
 import (
 	"context"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/custodyhq/custody/collector/ingest"
 	"github.com/custodyhq/custody/collector/state"
-	"github.com/custodyhq/custody/collector/store"
-	"github.com/custodyhq/custody/internal/chunk"
 	"github.com/custodyhq/custody/internal/pki"
 	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
 )
@@ -106,17 +101,10 @@ func (s *Server) Session(stream custodyv1.AgentService_SessionServer) error {
 		return err
 	}
 
-	// Tasks this session delivered: when it ends they end with it (the
-	// uploads shared its connection), failed with a reason, never dropped.
-	delivered := map[string]bool{}
-	defer func() {
-		bg, cancel := background()
-		defer cancel()
-		for id := range delivered {
-			s.failUnfinished(bg, id, "agent disconnected before the capture finished")
-		}
-		log.Info("agent disconnected")
-	}()
+	// A session that ends leaves its tasks running: uploads checkpoint as
+	// they go, and the agent's next hello gets the task again and resumes.
+	// Only the task's deadline fails a task whose agent never returns.
+	defer log.Info("agent disconnected")
 
 	pending, err := s.db.UnfinishedCollections(ctx, agentID)
 	if err != nil {
@@ -124,36 +112,30 @@ func (s *Server) Session(stream custodyv1.AgentService_SessionServer) error {
 	}
 	deliver := func(t *custodyv1.Task) error {
 		col, err := s.db.UpdateCollection(ctx, t.GetTaskId(), func(col *state.Collection) error {
-			if col.State != state.Pending {
+			if state.Final(col.State) {
 				return fmt.Errorf("%w: already %s", ErrConflict, col.State)
 			}
 			if now := s.now(); now.After(col.Deadline) {
-				col.State, col.Error, col.FinishedAt = state.Failed, "deadline passed before the agent connected", now
-				return nil
+				return fmt.Errorf("%w: deadline passed", ErrConflict) // the sweeper fails it
 			}
-			col.State, col.StartedAt = state.Running, s.now()
+			if col.State == state.Pending {
+				col.State, col.StartedAt = state.Running, s.now()
+			}
 			return nil
 		})
 		if err != nil {
 			return nil // already delivered or final: nothing to send
 		}
 		s.hub.changed(col.ID)
-		if col.State != state.Running {
-			return nil
-		}
-		delivered[col.ID] = true
 		if err := stream.Send(&custodyv1.SessionResponse{Msg: &custodyv1.SessionResponse_Task{Task: t}}); err != nil {
 			return err
 		}
 		log.Info("task delivered", "collection", col.ID, "case", col.CaseID)
 		return nil
 	}
+	// Pending tasks, and running ones a previous session was executing:
+	// the agent resumes those (artifacts already stored are skipped).
 	for _, col := range pending {
-		if col.State == state.Running {
-			// Delivered to a session that is gone.
-			s.failUnfinished(ctx, col.ID, "agent reconnected; the capture in progress was interrupted")
-			continue
-		}
 		if err := deliver(taskFor(col)); err != nil {
 			return err
 		}
@@ -274,168 +256,6 @@ func (s *Server) failUnfinished(ctx context.Context, id, reason string) {
 		s.hub.changed(id)
 		s.maybeSeal(ctx, id)
 	}
-}
-
-var extRe = regexp.MustCompile(`^[a-z0-9]{1,10}$`)
-
-// Upload receives one artifact: open, verified chunks, trailer. Nothing
-// becomes evidence until the collector's own hashes agree with the trailer.
-func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) {
-	ctx := stream.Context()
-	c, _ := callerFrom(ctx)
-	first, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	open := first.GetOpen()
-	if open == nil {
-		return toStatus(fmt.Errorf("%w: upload: first message must be an open", ErrInvalid))
-	}
-	col, err := s.db.GetCollection(ctx, open.GetTaskId())
-	if errors.Is(err, state.ErrNotFound) {
-		return toStatus(fmt.Errorf("%w: upload: no task %q for agent %s", ErrForbidden, open.GetTaskId(), c.id.Name))
-	} else if err != nil {
-		return toStatus(err)
-	}
-	if col.AgentID != c.id.Name {
-		s.log.Warn("upload for another agent's task refused", "agent", c.id.Name, "task", col.ID, "owner", col.AgentID)
-		return toStatus(fmt.Errorf("%w: upload: task %s is not addressed to agent %s", ErrForbidden, col.ID, c.id.Name))
-	}
-	art := col.Artifact(open.GetArtifact())
-	switch {
-	case art == nil:
-		return toStatus(fmt.Errorf("%w: upload: task %s did not ask for artifact %q", ErrInvalid, col.ID, open.GetArtifact()))
-	case col.State != state.Running:
-		return toStatus(fmt.Errorf("%w: upload: collection %s is %s", ErrConflict, col.ID, col.State))
-	case state.Final(art.State):
-		return toStatus(fmt.Errorf("%w: upload: artifact %s of %s is already %s", ErrConflict, art.Name, col.ID, art.State))
-	case !extRe.MatchString(open.GetExtension()):
-		return toStatus(fmt.Errorf("%w: upload: bad extension %q", ErrInvalid, open.GetExtension()))
-	}
-	var compressed bool
-	switch open.GetCompression() {
-	case custodyv1.Compression_COMPRESSION_ZSTD:
-		compressed = true
-	case custodyv1.Compression_COMPRESSION_NONE:
-	default:
-		return toStatus(fmt.Errorf("%w: upload: compression %s", ErrInvalid, open.GetCompression()))
-	}
-	file := art.Name + "." + open.GetExtension()
-	if compressed {
-		file += ".zst"
-	}
-	key, err := store.Key(col.CaseID, col.AgentID, col.ID, file)
-	if err != nil {
-		return toStatus(err)
-	}
-	log := s.log.With("agent", c.id.Name, "collection", col.ID, "artifact", art.Name)
-
-	up, err := ingest.Begin(ctx, s.store, key, open.GetExpectedSize(), compressed)
-	if err != nil {
-		return toStatus(err)
-	}
-	defer func() {
-		if err != nil {
-			up.Abort(context.Background())
-			bg, cancel := background()
-			defer cancel()
-			s.failArtifact(bg, col.ID, art.Name, "upload: "+err.Error())
-			log.Warn("upload failed", "err", err)
-			err = toStatus(err)
-		}
-	}()
-	if err := s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) {
-		a.State, a.Key = state.Running, key
-		if open.GetExpectedSize() > 0 {
-			a.BytesTotal = open.GetExpectedSize()
-		}
-	}); err != nil {
-		return err
-	}
-	if err := stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Accepted{Accepted: &custodyv1.UploadAccepted{
-		UploadId: col.ID + "/" + art.Name, MaxChunkSize: chunk.MaxRawSize,
-	}}}); err != nil {
-		return err
-	}
-
-	var lastProgress time.Time
-	for {
-		msg, err := stream.Recv()
-		if err == io.EOF {
-			return fmt.Errorf("%w: stream ended at offset %d without a trailer", ErrInvalid, up.Committed())
-		}
-		if err != nil {
-			return err
-		}
-		switch m := msg.Msg.(type) {
-		case *custodyv1.UploadRequest_Chunk:
-			ch := m.Chunk
-			if err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(), SHA256: ch.GetSha256(), Data: ch.GetData()}); err != nil {
-				return err
-			}
-			if err := stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Ack{Ack: &custodyv1.ChunkAck{
-				Sequence: ch.GetSequence(), CommittedOffset: up.Committed(),
-			}}}); err != nil {
-				return err
-			}
-			if now := s.now(); now.Sub(lastProgress) > 250*time.Millisecond {
-				lastProgress = now
-				done := up.Committed()
-				s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) { a.BytesDone = done })
-			}
-		case *custodyv1.UploadRequest_Trailer:
-			return s.finishUpload(ctx, stream, col, art.Name, up, m.Trailer, compressed, log)
-		default:
-			return fmt.Errorf("%w: unexpected %T after open", ErrInvalid, m)
-		}
-	}
-}
-
-func (s *Server) finishUpload(ctx context.Context, stream custodyv1.AgentService_UploadServer, col state.Collection, name string,
-	up *ingest.Upload, t *custodyv1.UploadTrailer, compressed bool, log interface{ Info(string, ...any) }) error {
-	res, err := up.Finish(ctx, chunk.Trailer{Total: t.GetTotalLength(), SHA256: t.GetSha256(), Count: t.GetChunkCount()})
-	if err != nil {
-		return err
-	}
-	err = s.setArtifact(ctx, col.ID, name, func(a *state.Artifact) {
-		a.State = state.Complete
-		if t.GetError() != "" {
-			// What arrived is verified evidence, but not all there was.
-			a.State, a.Error = state.Failed, "agent: capture incomplete: "+t.GetError()
-		}
-		a.BytesDone, a.RawSize, a.Chunks = res.RawSize, res.RawSize, int(res.Chunks)
-		a.AgentSHA256, a.CollectorSHA256 = hex.EncodeToString(t.GetSha256()), hex.EncodeToString(res.RawSHA256)
-		a.StoredSize, a.StoredSHA256 = res.StoredSize, hex.EncodeToString(res.Stored)
-		a.Location, a.VersionID, a.ETag = res.Info.Location, res.Info.VersionID, res.Info.ETag
-		a.Source, a.Warnings, a.Details = t.GetSource(), t.GetWarnings(), t.GetDetails()
-		a.Tool = state.ToolInfo{Name: t.GetTool().GetName(), Version: t.GetTool().GetVersion()}
-		if compressed {
-			a.Compression = "zstd"
-		}
-		for _, r := range t.GetSkippedRanges() {
-			a.Skipped = append(a.Skipped, state.Range{Start: r.GetStart(), End: r.GetEnd(), Reason: r.GetReason()})
-		}
-	})
-	if err != nil {
-		// The object is stored but the collection moved on (cancelled or
-		// failed meanwhile); it stays, and the manifest does not claim it.
-		return err
-	}
-	log.Info("artifact stored", "key", res.Info.Key, "raw_bytes", res.RawSize, "stored_bytes", res.StoredSize, "sha256", hex.EncodeToString(res.RawSHA256))
-	// Sealing outlives this stream: the agent may hang up the moment it
-	// has its commit.
-	defer func() {
-		bg, cancel := background()
-		defer cancel()
-		s.maybeSeal(bg, col.ID)
-	}()
-	err = stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Committed{Committed: &custodyv1.UploadCommitted{
-		Key: res.Info.Key, StoredSize: res.StoredSize, StoredSha256: res.Stored, RawSha256: res.RawSHA256,
-	}}})
-	if err != nil {
-		log.Info("commit not delivered to the agent; evidence is stored", "err", err)
-	}
-	return nil
 }
 
 // setArtifact updates one artifact of a running collection.

@@ -20,6 +20,9 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrConflict: the request is valid but the target is in the wrong state.
 	ErrConflict = errors.New("conflict")
+	// ErrAlreadyDone: what is asked for has already happened (an artifact
+	// re-sent after a reconnect that the collector had already stored).
+	ErrAlreadyDone = errors.New("already done")
 )
 
 // toStatus is the one place domain errors become gRPC status codes.
@@ -40,6 +43,8 @@ func toStatus(err error) error {
 		code = codes.PermissionDenied
 	case errors.Is(err, state.ErrNotFound), errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
+	case errors.Is(err, ErrAlreadyDone):
+		code = codes.AlreadyExists
 	case errors.Is(err, ErrConflict), errors.Is(err, store.ErrExists):
 		code = codes.FailedPrecondition
 	case errors.Is(err, chunk.ErrTooLarge):

@@ -41,6 +41,9 @@ type Config struct {
 	TaskTTL time.Duration
 	// Version is the collector's version, recorded in manifests.
 	Version string
+	// MaxUploads bounds uploads in progress (and so the collector's memory,
+	// about 12 MiB each); more wait for a slot.
+	MaxUploads int
 }
 
 func (c *Config) withDefaults() {
@@ -56,6 +59,9 @@ func (c *Config) withDefaults() {
 	if c.Version == "" {
 		c.Version = "dev"
 	}
+	if c.MaxUploads <= 0 {
+		c.MaxUploads = 16
+	}
 }
 
 // Server implements AgentService and ResponderService.
@@ -70,13 +76,15 @@ type Server struct {
 	hub   *hub
 	now   func() time.Time
 
-	sealMu sync.Mutex
+	sealMu  sync.Mutex
+	uploads chan struct{}
 }
 
 // New returns a Server.
 func New(cfg Config, db *state.DB, st store.Store, log *slog.Logger) *Server {
 	cfg.withDefaults()
-	return &Server{cfg: cfg, db: db, store: st, log: log.With("component", "service"), hub: newHub(), now: time.Now}
+	return &Server{cfg: cfg, db: db, store: st, log: log.With("component", "service"), hub: newHub(), now: time.Now,
+		uploads: make(chan struct{}, cfg.MaxUploads)}
 }
 
 // Register adds both services to g.
@@ -113,4 +121,34 @@ func newID(prefix string, now time.Time) string {
 // request that triggered it has been cancelled (recording a failure).
 func background() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// Run does the collector's background duties until ctx ends: failing tasks
+// whose deadline passed (their agent never came back to finish them).
+func (s *Server) Run(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		s.sweepDeadlines(ctx)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) sweepDeadlines(ctx context.Context) {
+	cols, err := s.db.Unfinished(ctx)
+	if err != nil {
+		s.log.Warn("deadline sweep", "err", err)
+		return
+	}
+	now := s.now()
+	for _, col := range cols {
+		if !col.Deadline.IsZero() && now.After(col.Deadline) {
+			s.log.Warn("collection deadline passed", "collection", col.ID, "agent", col.AgentID, "state", col.State)
+			s.failUnfinished(ctx, col.ID, "deadline passed before the agent finished the capture")
+		}
+	}
 }

@@ -431,26 +431,67 @@ func TestTampering(t *testing.T) {
 	}
 }
 
-func TestDisconnectFailsRunningCollection(t *testing.T) {
+// TestDisconnectKeepsTaskForResume: an agent that goes away mid-collection
+// does not fail it (that would lose evidence a restarted agent can still
+// send) nor complete it: the task stays running and is delivered again on
+// the agent's next hello; an artifact already stored is not taken twice.
+func TestDisconnectKeepsTaskForResume(t *testing.T) {
 	e := newEnv(t)
 	agentID, _, agent := e.enrolledAgent()
 	r := e.responder("alice")
 	sctx, cancel := context.WithCancel(ctx(t))
 	s := session(t, agent, sctx)
 	col := collect(t, r, agentID, "host", "processes")
-	nextTask(t, s)
-	up := openUpload(t, agent, col.GetCollectionId(), "host")
-	_ = up
-	cancel() // the agent goes away mid-collection
+	task := nextTask(t, s)
 
-	final := waitFinal(t, r, col.GetCollectionId())
-	if final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_FAILED {
-		t.Fatalf("collection %s after disconnect, want failed", final.GetState())
+	// host is stored before the disconnect; processes is cut off mid-upload.
+	up, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "host", Extension: "json", ExpectedSize: -1})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, a := range final.GetArtifacts() {
-		if !strings.Contains(a.GetError(), "disconnect") && !strings.Contains(a.GetError(), "upload") {
-			t.Errorf("artifact %s error %q does not explain the disconnect", a.GetName(), a.GetError())
+	io.WriteString(up, `{"hostname":"test-host"}`)
+	if _, err := up.Close(upload.Trailer{Source: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	raw := openUpload(t, agent, col.GetCollectionId(), "processes")
+	_ = raw
+	cancel()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := r.GetCollection(ctx(t), &custodyv1.GetCollectionRequest{CollectionId: col.GetCollectionId()})
+		if err != nil {
+			t.Fatal(err)
 		}
+		if st := got.GetCollection().GetState(); st != custodyv1.CollectionState_COLLECTION_STATE_RUNNING {
+			t.Fatalf("collection %s after disconnect, want running (resumable)", st)
+		}
+		if a := got.GetCollection().GetArtifacts()[1]; a.GetState() != custodyv1.ArtifactState_ARTIFACT_STATE_FAILED {
+			break // the interrupted upload was noticed and left resumable
+		} else if time.Now().After(deadline) {
+			t.Fatalf("processes artifact %s: %s", a.GetState(), a.GetError())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	s2 := session(t, agent, ctx(t))
+	again := nextTask(t, s2)
+	if again.GetTaskId() != col.GetCollectionId() {
+		t.Fatalf("re-delivered task %s, want %s", again.GetTaskId(), col.GetCollectionId())
+	}
+	// The stored artifact is not taken again.
+	_, err = upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "host", Extension: "json", ExpectedSize: -1})
+	wantCode(t, err, codes.AlreadyExists, "already stored")
+	up2, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "processes", Extension: "jsonl", ExpectedSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(up2, "{\"pid\":1}\n")
+	if _, err := up2.Close(upload.Trailer{Source: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if final := waitFinal(t, r, col.GetCollectionId()); final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
+		t.Fatalf("collection %s after the agent came back, want complete", final.GetState())
 	}
 }
 

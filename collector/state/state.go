@@ -74,6 +74,16 @@ var migrations = []string{
 		doc          TEXT NOT NULL
 	);
 	CREATE INDEX collections_agent_state ON collections(agent_id, state);`,
+	// Upload sessions: one per artifact being received, with the checkpoint
+	// an interrupted upload resumes from.
+	`CREATE TABLE uploads (
+		collection_id TEXT NOT NULL,
+		artifact      TEXT NOT NULL,
+		id            TEXT NOT NULL,
+		doc           TEXT NOT NULL,
+		updated_at    INTEGER NOT NULL,
+		PRIMARY KEY (collection_id, artifact)
+	);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -421,4 +431,72 @@ func list[T any](ctx context.Context, db *sql.DB, query string, args ...any) ([]
 		out = append(out, v)
 	}
 	return out, rows.Err()
+}
+
+// UploadSession is the durable record of one artifact's upload: which
+// object it writes and the last checkpoint it can resume from.
+type UploadSession struct {
+	ID           string `json:"id"`
+	CollectionID string `json:"collection_id"`
+	Artifact     string `json:"artifact"`
+	Key          string `json:"key"`
+	Compressed   bool   `json:"compressed"`
+	// Checkpoint, empty until the first one.
+	StoreState []byte `json:"store_state,omitempty"`
+	Stored     int64  `json:"stored"`
+	StoredHash []byte `json:"stored_hash,omitempty"`
+	Seq        uint64 `json:"seq"`
+	Offset     int64  `json:"offset"`
+	RawHash    []byte `json:"raw_hash,omitempty"`
+	// Resumes counts how often the upload was continued after an interruption.
+	Resumes int `json:"resumes"`
+}
+
+// PutUpload creates or replaces an upload session.
+func (d *DB) PutUpload(ctx context.Context, u UploadSession) error {
+	doc, err := json.Marshal(u)
+	if err != nil {
+		return err
+	}
+	_, err = d.db.ExecContext(ctx, `INSERT INTO uploads(collection_id, artifact, id, doc, updated_at) VALUES(?,?,?,?,?)
+		ON CONFLICT(collection_id, artifact) DO UPDATE SET id = excluded.id, doc = excluded.doc, updated_at = excluded.updated_at`,
+		u.CollectionID, u.Artifact, u.ID, doc, d.now().UnixNano())
+	if err != nil {
+		return fmt.Errorf("state: upload %s: %w", u.ID, err)
+	}
+	return nil
+}
+
+// GetUpload returns the upload session of one artifact, or ErrNotFound.
+func (d *DB) GetUpload(ctx context.Context, collectionID, artifact string) (UploadSession, error) {
+	var doc []byte
+	err := d.db.QueryRowContext(ctx, `SELECT doc FROM uploads WHERE collection_id = ? AND artifact = ?`, collectionID, artifact).Scan(&doc)
+	if errors.Is(err, sql.ErrNoRows) {
+		return UploadSession{}, fmt.Errorf("state: upload %s/%s: %w", collectionID, artifact, ErrNotFound)
+	}
+	if err != nil {
+		return UploadSession{}, err
+	}
+	var u UploadSession
+	if err := json.Unmarshal(doc, &u); err != nil {
+		return UploadSession{}, fmt.Errorf("state: upload %s/%s: corrupt record: %w", collectionID, artifact, err)
+	}
+	return u, nil
+}
+
+// DeleteUpload forgets an upload session (finished or abandoned).
+func (d *DB) DeleteUpload(ctx context.Context, collectionID, artifact string) error {
+	_, err := d.db.ExecContext(ctx, `DELETE FROM uploads WHERE collection_id = ? AND artifact = ?`, collectionID, artifact)
+	return err
+}
+
+// ListUploads returns every tracked upload session (for the startup sweep
+// of partial objects nobody will resume).
+func (d *DB) ListUploads(ctx context.Context) ([]UploadSession, error) {
+	return list[UploadSession](ctx, d.db, `SELECT doc FROM uploads ORDER BY updated_at`)
+}
+
+// Unfinished returns every pending or running collection of every agent.
+func (d *DB) Unfinished(ctx context.Context) ([]Collection, error) {
+	return list[Collection](ctx, d.db, `SELECT doc FROM collections WHERE state IN ('pending','running') ORDER BY requested_at, id`)
 }

@@ -7,6 +7,7 @@ package chunk
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -60,7 +61,46 @@ type Encoder struct {
 
 // NewEncoder returns an encoder; compress=false sends raw bytes.
 func NewEncoder(compress bool) (*Encoder, error) {
-	e := &Encoder{whole: sha256.New()}
+	return NewEncoderAt(compress, Position{})
+}
+
+// Position is a point in a stream: the next sequence number, the raw
+// offset, and the marshalled SHA-256 state of every raw byte before it
+// (crypto/sha256's digest implements encoding.BinaryMarshaler). A nil
+// HashState means the empty stream.
+type Position struct {
+	Seq       uint64
+	Offset    int64
+	HashState []byte
+}
+
+func restoreHash(state []byte) (hash.Hash, error) {
+	h := sha256.New()
+	if len(state) == 0 {
+		return h, nil
+	}
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		return nil, fmt.Errorf("chunk: restore hash state: %w", err)
+	}
+	return h, nil
+}
+
+func hashState(h hash.Hash) []byte {
+	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		panic(err) // sha256 digests always marshal
+	}
+	return b
+}
+
+// NewEncoderAt returns an encoder that continues a stream at p: how an
+// agent resumes an interrupted upload where the collector says it stands.
+func NewEncoderAt(compress bool, p Position) (*Encoder, error) {
+	whole, err := restoreHash(p.HashState)
+	if err != nil {
+		return nil, err
+	}
+	e := &Encoder{whole: whole, seq: p.Seq, offset: p.Offset}
 	if compress {
 		// One goroutine per encoder: the agent is a guest on the host and
 		// caps its CPU share by running few encoders, not wide ones.
@@ -114,7 +154,17 @@ type Verifier struct {
 
 // NewVerifier returns a verifier expecting sequence 0 at offset 0.
 func NewVerifier(compressed bool) (*Verifier, error) {
-	v := &Verifier{compressed: compressed, whole: sha256.New()}
+	return NewVerifierAt(compressed, Position{})
+}
+
+// NewVerifierAt returns a verifier that continues a stream at p, as
+// checkpointed by Position before an interruption.
+func NewVerifierAt(compressed bool, p Position) (*Verifier, error) {
+	whole, err := restoreHash(p.HashState)
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{compressed: compressed, whole: whole, next: p.Seq, offset: p.Offset}
 	if compressed {
 		// The memory cap makes a decompression bomb an error, not an
 		// allocation: no chunk may decode beyond MaxRawSize.
@@ -182,6 +232,11 @@ func (v *Verifier) Verify(c Chunk) ([]byte, error) {
 	v.next++
 	v.offset += c.RawLen
 	return raw, nil
+}
+
+// Position returns where the verified stream stands now.
+func (v *Verifier) Position() Position {
+	return Position{Seq: v.next, Offset: v.offset, HashState: hashState(v.whole)}
 }
 
 // Sum returns the SHA-256 of every verified raw byte so far.

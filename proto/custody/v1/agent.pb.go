@@ -1130,8 +1130,11 @@ type UploadOpen struct {
 	// Raw file extension, e.g. "jsonl".
 	Extension string `protobuf:"bytes,3,opt,name=extension,proto3" json:"extension,omitempty"`
 	// Expected raw size, -1 when unknown (a hint for the store).
-	ExpectedSize  int64       `protobuf:"varint,4,opt,name=expected_size,json=expectedSize,proto3" json:"expected_size,omitempty"`
-	Compression   Compression `protobuf:"varint,5,opt,name=compression,proto3,enum=custody.v1.Compression" json:"compression,omitempty"`
+	ExpectedSize int64       `protobuf:"varint,4,opt,name=expected_size,json=expectedSize,proto3" json:"expected_size,omitempty"`
+	Compression  Compression `protobuf:"varint,5,opt,name=compression,proto3,enum=custody.v1.Compression" json:"compression,omitempty"`
+	// Discard any partial upload of this artifact and start over: the agent
+	// could not reproduce the committed prefix (a volatile source changed).
+	Restart       bool `protobuf:"varint,6,opt,name=restart,proto3" json:"restart,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1201,6 +1204,13 @@ func (x *UploadOpen) GetCompression() Compression {
 	return Compression_COMPRESSION_UNSPECIFIED
 }
 
+func (x *UploadOpen) GetRestart() bool {
+	if x != nil {
+		return x.Restart
+	}
+	return false
+}
+
 type UploadAccepted struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	UploadId string                 `protobuf:"bytes,1,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
@@ -1208,9 +1218,15 @@ type UploadAccepted struct {
 	ResumeOffset int64  `protobuf:"varint,2,opt,name=resume_offset,json=resumeOffset,proto3" json:"resume_offset,omitempty"`
 	NextSequence uint64 `protobuf:"varint,3,opt,name=next_sequence,json=nextSequence,proto3" json:"next_sequence,omitempty"`
 	// Largest raw chunk the collector accepts.
-	MaxChunkSize  int64 `protobuf:"varint,4,opt,name=max_chunk_size,json=maxChunkSize,proto3" json:"max_chunk_size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxChunkSize int64 `protobuf:"varint,4,opt,name=max_chunk_size,json=maxChunkSize,proto3" json:"max_chunk_size,omitempty"`
+	// When resuming: the collector's SHA-256 state of the raw bytes before
+	// resume_offset (crypto/sha256 binary marshalling), so the agent's
+	// trailer hash covers the whole stream, and the digest of that prefix,
+	// so a source that regenerates it can check it reproduced the same bytes.
+	ResumeSha256State []byte `protobuf:"bytes,5,opt,name=resume_sha256_state,json=resumeSha256State,proto3" json:"resume_sha256_state,omitempty"`
+	ResumeSha256      []byte `protobuf:"bytes,6,opt,name=resume_sha256,json=resumeSha256,proto3" json:"resume_sha256,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *UploadAccepted) Reset() {
@@ -1269,6 +1285,20 @@ func (x *UploadAccepted) GetMaxChunkSize() int64 {
 		return x.MaxChunkSize
 	}
 	return 0
+}
+
+func (x *UploadAccepted) GetResumeSha256State() []byte {
+	if x != nil {
+		return x.ResumeSha256State
+	}
+	return nil
+}
+
+func (x *UploadAccepted) GetResumeSha256() []byte {
+	if x != nil {
+		return x.ResumeSha256
+	}
+	return nil
 }
 
 // Chunk is one independently compressed piece of the raw stream.
@@ -1773,19 +1803,22 @@ const file_custody_v1_agent_proto_rawDesc = "" +
 	"\baccepted\x18\x01 \x01(\v2\x1a.custody.v1.UploadAcceptedH\x00R\baccepted\x12(\n" +
 	"\x03ack\x18\x02 \x01(\v2\x14.custody.v1.ChunkAckH\x00R\x03ack\x12;\n" +
 	"\tcommitted\x18\x03 \x01(\v2\x1b.custody.v1.UploadCommittedH\x00R\tcommittedB\x05\n" +
-	"\x03msg\"\xbf\x01\n" +
+	"\x03msg\"\xd9\x01\n" +
 	"\n" +
 	"UploadOpen\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1a\n" +
 	"\bartifact\x18\x02 \x01(\tR\bartifact\x12\x1c\n" +
 	"\textension\x18\x03 \x01(\tR\textension\x12#\n" +
 	"\rexpected_size\x18\x04 \x01(\x03R\fexpectedSize\x129\n" +
-	"\vcompression\x18\x05 \x01(\x0e2\x17.custody.v1.CompressionR\vcompression\"\x9d\x01\n" +
+	"\vcompression\x18\x05 \x01(\x0e2\x17.custody.v1.CompressionR\vcompression\x12\x18\n" +
+	"\arestart\x18\x06 \x01(\bR\arestart\"\xf2\x01\n" +
 	"\x0eUploadAccepted\x12\x1b\n" +
 	"\tupload_id\x18\x01 \x01(\tR\buploadId\x12#\n" +
 	"\rresume_offset\x18\x02 \x01(\x03R\fresumeOffset\x12#\n" +
 	"\rnext_sequence\x18\x03 \x01(\x04R\fnextSequence\x12$\n" +
-	"\x0emax_chunk_size\x18\x04 \x01(\x03R\fmaxChunkSize\"\x86\x01\n" +
+	"\x0emax_chunk_size\x18\x04 \x01(\x03R\fmaxChunkSize\x12.\n" +
+	"\x13resume_sha256_state\x18\x05 \x01(\fR\x11resumeSha256State\x12#\n" +
+	"\rresume_sha256\x18\x06 \x01(\fR\fresumeSha256\"\x86\x01\n" +
 	"\x05Chunk\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x1d\n" +

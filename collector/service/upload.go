@@ -1,0 +1,324 @@
+package service
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/custodyhq/custody/collector/ingest"
+	"github.com/custodyhq/custody/collector/state"
+	"github.com/custodyhq/custody/collector/store"
+	"github.com/custodyhq/custody/internal/chunk"
+	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
+)
+
+var extRe = regexp.MustCompile(`^[a-z0-9]{1,10}$`)
+
+// Checkpoint cadence: often enough that a crash loses little, rarely
+// enough that fsync and the database write stay off the hot path.
+const (
+	checkpointBytes = 64 << 20
+	checkpointEvery = 2 * time.Second
+)
+
+// Upload receives one artifact: open, verified chunks, trailer. Nothing
+// becomes evidence until the collector's own hashes agree with the trailer.
+//
+// An upload that is interrupted (the agent disconnects, the network is cut,
+// the collector stops) is not failed: its last checkpoint is kept and the
+// agent's next open of the same artifact resumes from it. An upload that is
+// refused (bad hash, offset, sequence, trailer, store failure) fails the
+// artifact and discards the partial object.
+func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) {
+	ctx := stream.Context()
+	c, _ := callerFrom(ctx)
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	open := first.GetOpen()
+	if open == nil {
+		return toStatus(fmt.Errorf("%w: upload: first message must be an open", ErrInvalid))
+	}
+	col, err := s.db.GetCollection(ctx, open.GetTaskId())
+	if errors.Is(err, state.ErrNotFound) {
+		return toStatus(fmt.Errorf("%w: upload: no task %q for agent %s", ErrForbidden, open.GetTaskId(), c.id.Name))
+	} else if err != nil {
+		return toStatus(err)
+	}
+	if col.AgentID != c.id.Name {
+		s.log.Warn("upload for another agent's task refused", "agent", c.id.Name, "task", col.ID, "owner", col.AgentID)
+		return toStatus(fmt.Errorf("%w: upload: task %s is not addressed to agent %s", ErrForbidden, col.ID, c.id.Name))
+	}
+	art := col.Artifact(open.GetArtifact())
+	switch {
+	case art == nil:
+		return toStatus(fmt.Errorf("%w: upload: task %s did not ask for artifact %q", ErrInvalid, col.ID, open.GetArtifact()))
+	case art.State == state.Complete:
+		return toStatus(fmt.Errorf("%w: upload: artifact %s of %s is already stored", ErrAlreadyDone, art.Name, col.ID))
+	case col.State != state.Running:
+		return toStatus(fmt.Errorf("%w: upload: collection %s is %s", ErrConflict, col.ID, col.State))
+	case state.Final(art.State):
+		return toStatus(fmt.Errorf("%w: upload: artifact %s of %s is already %s", ErrConflict, art.Name, col.ID, art.State))
+	case !extRe.MatchString(open.GetExtension()):
+		return toStatus(fmt.Errorf("%w: upload: bad extension %q", ErrInvalid, open.GetExtension()))
+	}
+	var compressed bool
+	switch open.GetCompression() {
+	case custodyv1.Compression_COMPRESSION_ZSTD:
+		compressed = true
+	case custodyv1.Compression_COMPRESSION_NONE:
+	default:
+		return toStatus(fmt.Errorf("%w: upload: compression %s", ErrInvalid, open.GetCompression()))
+	}
+	file := art.Name + "." + open.GetExtension()
+	if compressed {
+		file += ".zst"
+	}
+	key, err := store.Key(col.CaseID, col.AgentID, col.ID, file)
+	if err != nil {
+		return toStatus(err)
+	}
+	log := s.log.With("agent", c.id.Name, "collection", col.ID, "artifact", art.Name)
+
+	// Bound the uploads in progress: beyond the limit, an upload waits here
+	// (its agent waits for the acceptance) instead of failing.
+	select {
+	case s.uploads <- struct{}{}:
+		defer func() { <-s.uploads }()
+	case <-ctx.Done():
+		return toStatus(ctx.Err())
+	}
+
+	up, sess, err := s.openUpload(ctx, col, art.Name, key, open, compressed, log)
+	if err != nil {
+		return toStatus(err)
+	}
+	interrupted := false
+	defer func() {
+		bg, cancel := background()
+		defer cancel()
+		switch {
+		case err == nil:
+		case interrupted && up.Resumable():
+			// Keep the object and the last checkpoint; the agent resumes.
+			s.checkpoint(bg, up, &sess, log)
+			up.Suspend(bg)
+			log.Info("upload interrupted; resumable", "committed", up.Committed(), "resume_at", sess.Offset, "err", err)
+		default:
+			up.Abort(bg)
+			s.db.DeleteUpload(bg, col.ID, art.Name)
+			if interrupted {
+				// Nothing durable to resume from: start over next time.
+				log.Info("upload interrupted; will restart", "err", err)
+			} else {
+				s.failArtifact(bg, col.ID, art.Name, "upload: "+err.Error())
+				log.Warn("upload failed", "err", err)
+			}
+		}
+		if err != nil {
+			err = toStatus(err)
+		}
+	}()
+	if err := s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) {
+		a.State, a.Key = state.Running, key
+		if open.GetExpectedSize() > 0 {
+			a.BytesTotal = open.GetExpectedSize()
+		}
+	}); err != nil {
+		return err
+	}
+	pos := up.Position()
+	acc := &custodyv1.UploadAccepted{UploadId: sess.ID, MaxChunkSize: chunk.MaxRawSize, ResumeOffset: pos.Offset, NextSequence: pos.Seq}
+	if pos.Offset > 0 {
+		acc.ResumeSha256State, acc.ResumeSha256 = pos.HashState, up.RawSum()
+	}
+	if err := stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Accepted{Accepted: acc}}); err != nil {
+		interrupted = true
+		return err
+	}
+
+	var lastProgress, lastCheckpoint time.Time = time.Time{}, s.now()
+	var sinceCheckpoint int64
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			// A half-close without a trailer is not a network failure: an
+			// agent that gives up aborts the stream instead.
+			return fmt.Errorf("%w: stream ended at offset %d without a trailer", ErrInvalid, up.Committed())
+		}
+		if err != nil {
+			// A message the transport refused (over the size limit) is the
+			// agent's fault; a broken connection is nobody's.
+			interrupted = isInterruption(ctx, err)
+			return err
+		}
+		switch m := msg.Msg.(type) {
+		case *custodyv1.UploadRequest_Chunk:
+			ch := m.Chunk
+			if err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(), SHA256: ch.GetSha256(), Data: ch.GetData()}); err != nil {
+				return err
+			}
+			sinceCheckpoint += ch.GetRawLength()
+			if err := stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Ack{Ack: &custodyv1.ChunkAck{
+				Sequence: ch.GetSequence(), CommittedOffset: up.Committed(),
+			}}}); err != nil {
+				interrupted = true
+				return err
+			}
+			now := s.now()
+			if up.Resumable() && (sinceCheckpoint >= checkpointBytes || now.Sub(lastCheckpoint) >= checkpointEvery) {
+				if err := s.checkpoint(ctx, up, &sess, log); err != nil {
+					return err
+				}
+				sinceCheckpoint, lastCheckpoint = 0, now
+			}
+			if now.Sub(lastProgress) > 250*time.Millisecond {
+				lastProgress = now
+				done := up.Committed()
+				s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) { a.BytesDone = done })
+			}
+		case *custodyv1.UploadRequest_Trailer:
+			return s.finishUpload(ctx, stream, col, art.Name, up, m.Trailer, compressed, sess, log)
+		default:
+			return fmt.Errorf("%w: unexpected %T after open", ErrInvalid, m)
+		}
+	}
+}
+
+// openUpload begins a new upload or resumes the tracked one.
+func (s *Server) openUpload(ctx context.Context, col state.Collection, name, key string, open *custodyv1.UploadOpen,
+	compressed bool, log *slog.Logger) (*ingest.Upload, state.UploadSession, error) {
+	sess, err := s.db.GetUpload(ctx, col.ID, name)
+	switch {
+	case err == nil && (open.GetRestart() || sess.Key != key || sess.Compressed != compressed || len(sess.StoreState) == 0):
+		s.discardUpload(ctx, sess, log)
+	case err == nil:
+		if rs, ok := s.store.(store.Resumable); ok {
+			up, rerr := ingest.Resume(ctx, rs, key, ingest.Checkpoint{
+				StoreState: sess.StoreState, Stored: sess.Stored, StoredHash: sess.StoredHash,
+				Position: chunk.Position{Seq: sess.Seq, Offset: sess.Offset, HashState: sess.RawHash},
+			}, compressed)
+			if rerr == nil {
+				sess.Resumes++
+				s.db.PutUpload(ctx, sess)
+				log.Info("upload resumed", "upload", sess.ID, "offset", sess.Offset, "resumes", sess.Resumes)
+				return up, sess, nil
+			}
+			log.Warn("cannot resume upload; starting over", "upload", sess.ID, "err", rerr)
+		}
+		s.discardUpload(ctx, sess, log)
+	case !errors.Is(err, state.ErrNotFound):
+		return nil, sess, err
+	}
+	up, err := ingest.Begin(ctx, s.store, key, open.GetExpectedSize(), compressed)
+	if err != nil {
+		return nil, sess, err
+	}
+	sess = state.UploadSession{ID: newID("u", s.now()), CollectionID: col.ID, Artifact: name, Key: key, Compressed: compressed}
+	if err := s.db.PutUpload(ctx, sess); err != nil {
+		up.Abort(ctx)
+		return nil, sess, err
+	}
+	return up, sess, nil
+}
+
+// discardUpload abandons a tracked partial upload.
+func (s *Server) discardUpload(ctx context.Context, sess state.UploadSession, log *slog.Logger) {
+	if rs, ok := s.store.(store.Resumable); ok && len(sess.StoreState) > 0 {
+		if w, _, err := rs.Resume(ctx, sess.Key, sess.StoreState); err == nil {
+			w.Abort(ctx)
+		}
+	}
+	s.db.DeleteUpload(ctx, sess.CollectionID, sess.Artifact)
+	log.Info("partial upload discarded", "upload", sess.ID)
+}
+
+// checkpoint persists where the upload durably stands.
+func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.UploadSession, log *slog.Logger) error {
+	cp, err := up.Checkpoint(ctx)
+	if err != nil {
+		log.Warn("checkpoint failed", "err", err)
+		return err
+	}
+	sess.StoreState, sess.Stored, sess.StoredHash = cp.StoreState, cp.Stored, cp.StoredHash
+	sess.Seq, sess.Offset, sess.RawHash = cp.Position.Seq, cp.Position.Offset, cp.Position.HashState
+	return s.db.PutUpload(ctx, *sess)
+}
+
+func (s *Server) finishUpload(ctx context.Context, stream custodyv1.AgentService_UploadServer, col state.Collection, name string,
+	up *ingest.Upload, t *custodyv1.UploadTrailer, compressed bool, sess state.UploadSession, log *slog.Logger) error {
+	res, err := up.Finish(ctx, chunk.Trailer{Total: t.GetTotalLength(), SHA256: t.GetSha256(), Count: t.GetChunkCount()})
+	if err != nil {
+		return err
+	}
+	s.db.DeleteUpload(ctx, col.ID, name)
+	err = s.setArtifact(ctx, col.ID, name, func(a *state.Artifact) {
+		a.State = state.Complete
+		if t.GetError() != "" {
+			// What arrived is verified evidence, but not all there was.
+			a.State, a.Error = state.Failed, "agent: capture incomplete: "+t.GetError()
+		}
+		a.BytesDone, a.RawSize, a.Chunks = res.RawSize, res.RawSize, int(res.Chunks)
+		a.AgentSHA256, a.CollectorSHA256 = hex.EncodeToString(t.GetSha256()), hex.EncodeToString(res.RawSHA256)
+		a.StoredSize, a.StoredSHA256 = res.StoredSize, hex.EncodeToString(res.Stored)
+		a.Location, a.VersionID, a.ETag = res.Info.Location, res.Info.VersionID, res.Info.ETag
+		a.Source, a.Warnings, a.Details = t.GetSource(), t.GetWarnings(), t.GetDetails()
+		if sess.Resumes > 0 {
+			if a.Details == nil {
+				a.Details = map[string]string{}
+			}
+			a.Details["upload_resumes"] = fmt.Sprint(sess.Resumes)
+		}
+		a.Tool = state.ToolInfo{Name: t.GetTool().GetName(), Version: t.GetTool().GetVersion()}
+		if compressed {
+			a.Compression = "zstd"
+		}
+		for _, r := range t.GetSkippedRanges() {
+			a.Skipped = append(a.Skipped, state.Range{Start: r.GetStart(), End: r.GetEnd(), Reason: r.GetReason()})
+		}
+	})
+	if err != nil {
+		// The object is stored but the collection moved on (cancelled or
+		// failed meanwhile); it stays, and the manifest does not claim it.
+		return err
+	}
+	log.Info("artifact stored", "key", res.Info.Key, "raw_bytes", res.RawSize, "stored_bytes", res.StoredSize, "sha256", hex.EncodeToString(res.RawSHA256))
+	// Sealing outlives this stream: the agent may hang up the moment it
+	// has its commit.
+	defer func() {
+		bg, cancel := background()
+		defer cancel()
+		s.maybeSeal(bg, col.ID)
+	}()
+	err = stream.Send(&custodyv1.UploadResponse{Msg: &custodyv1.UploadResponse_Committed{Committed: &custodyv1.UploadCommitted{
+		Key: res.Info.Key, StoredSize: res.StoredSize, StoredSha256: res.Stored, RawSha256: res.RawSHA256,
+	}}})
+	if err != nil {
+		log.Info("commit not delivered to the agent; evidence is stored", "err", err)
+	}
+	return nil
+}
+
+// isInterruption tells a broken stream (resume later) from a refused one.
+func isInterruption(ctx context.Context, err error) bool {
+	if status.Code(err) == codes.ResourceExhausted {
+		return false // the transport refused an oversized message
+	}
+	if ctx.Err() != nil || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Canceled, codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
