@@ -111,22 +111,25 @@ func (s *Server) Session(stream custodyv1.AgentService_SessionServer) error {
 		return toStatus(err)
 	}
 	deliver := func(t *custodyv1.Task) error {
-		col, err := s.db.UpdateCollection(ctx, t.GetTaskId(), func(col *state.Collection) error {
-			if state.Final(col.State) {
-				return fmt.Errorf("%w: already %s", ErrConflict, col.State)
-			}
-			if now := s.now(); now.After(col.Deadline) {
-				return fmt.Errorf("%w: deadline passed", ErrConflict) // the sweeper fails it
-			}
-			if col.State == state.Pending {
-				col.State, col.StartedAt = state.Running, s.now()
-			}
-			return nil
-		})
-		if err != nil {
-			return nil // already delivered or final: nothing to send
+		col, err := s.db.GetCollection(ctx, t.GetTaskId())
+		if err != nil || state.Final(col.State) {
+			return nil // gone or final: nothing to send
 		}
-		s.hub.changed(col.ID)
+		if s.now().After(col.Deadline) {
+			return nil // the deadline sweep fails it
+		}
+		if col.State == state.Pending {
+			if col, err = s.db.UpdateCollection(ctx, t.GetTaskId(), func(col *state.Collection) error {
+				if col.State != state.Pending {
+					return fmt.Errorf("%w: already %s", ErrConflict, col.State)
+				}
+				col.State, col.StartedAt = state.Running, s.now()
+				return nil
+			}); err != nil {
+				return nil
+			}
+			s.hub.changed(col.ID)
+		}
 		if err := stream.Send(&custodyv1.SessionResponse{Msg: &custodyv1.SessionResponse_Task{Task: t}}); err != nil {
 			return err
 		}

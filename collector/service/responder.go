@@ -38,44 +38,75 @@ func (s *Server) GetAgent(ctx context.Context, req *custodyv1.GetAgentRequest) (
 	return &custodyv1.GetAgentResponse{Agent: s.agentProto(a)}, nil
 }
 
-// CreateCollection records a request for evidence and pushes it to the
-// agent at once if it is connected; otherwise it waits for the agent's
+// CreateCollection records a request for evidence from one agent, or from
+// many at once (agent_ids: one collection each), and pushes each task to its
+// agent at once if it is connected; otherwise the task waits for the agent's
 // next hello, until its deadline.
 func (s *Server) CreateCollection(ctx context.Context, req *custodyv1.CreateCollectionRequest) (*custodyv1.CreateCollectionResponse, error) {
 	c, _ := callerFrom(ctx)
-	agent, err := s.db.GetAgent(ctx, req.GetAgentId())
-	if err != nil {
-		return nil, toStatus(err)
+	ids := req.GetAgentIds()
+	switch {
+	case req.GetAgentId() != "" && len(ids) > 0:
+		return nil, toStatus(fmt.Errorf("%w: give agent_id or agent_ids, not both", ErrInvalid))
+	case req.GetAgentId() != "":
+		ids = []string{req.GetAgentId()}
+	case len(ids) == 0:
+		return nil, toStatus(fmt.Errorf("%w: no agent given", ErrInvalid))
 	}
-	if _, err := store.Key(req.GetCaseId(), agent.ID, "x", "x"); err != nil || req.GetCaseId() == "" {
+	if _, err := store.Key(req.GetCaseId(), "x", "x", "x"); err != nil || req.GetCaseId() == "" {
 		return nil, toStatus(fmt.Errorf("%w: case id %q: letters, digits, '.', '_' and '-' only, at most 128", ErrInvalid, req.GetCaseId()))
 	}
 	if len(req.GetArtifacts()) == 0 {
 		return nil, toStatus(fmt.Errorf("%w: no artifacts requested", ErrInvalid))
 	}
 	now := s.now()
-	col := state.Collection{
-		ID: newID("c", now), AgentID: agent.ID, CaseID: req.GetCaseId(), Reason: req.GetReason(),
-		RequestedBy: c.id.String(), State: state.Pending, RequestedAt: now, Deadline: now.Add(s.cfg.TaskTTL),
-	}
-	seen := map[string]bool{}
-	for _, spec := range req.GetArtifacts() {
-		name := spec.GetName()
-		if seen[name] {
-			return nil, toStatus(fmt.Errorf("%w: artifact %q requested twice", ErrInvalid, name))
+	cols := make([]state.Collection, 0, len(ids))
+	seenAgent := map[string]bool{}
+	for _, id := range ids {
+		if seenAgent[id] {
+			return nil, toStatus(fmt.Errorf("%w: agent %s listed twice", ErrInvalid, id))
 		}
-		seen[name] = true
-		if len(agent.Artifacts) > 0 && !slices.Contains(agent.Artifacts, name) {
-			return nil, toStatus(fmt.Errorf("%w: agent %s cannot capture %q (it offers %s)", ErrInvalid, agent.ID, name, strings.Join(agent.Artifacts, ", ")))
+		seenAgent[id] = true
+		agent, err := s.db.GetAgent(ctx, id)
+		if err != nil {
+			return nil, toStatus(err)
 		}
-		col.Artifacts = append(col.Artifacts, state.Artifact{Name: name, Params: spec.GetParams(), State: state.Pending, BytesTotal: -1})
+		col := state.Collection{
+			ID: newID("c", now), AgentID: agent.ID, CaseID: req.GetCaseId(), Reason: req.GetReason(),
+			RequestedBy: c.id.String(), State: state.Pending, RequestedAt: now, Deadline: now.Add(s.cfg.TaskTTL),
+		}
+		if s.hub.connected(agent.ID) {
+			// Pushed in a moment; should the push miss, a running task is
+			// delivered again on the agent's next hello anyway. Recording
+			// it here spares one transaction per agent on the fan-out path.
+			col.State, col.StartedAt = state.Running, now
+		}
+		seen := map[string]bool{}
+		for _, spec := range req.GetArtifacts() {
+			name := spec.GetName()
+			if seen[name] {
+				return nil, toStatus(fmt.Errorf("%w: artifact %q requested twice", ErrInvalid, name))
+			}
+			seen[name] = true
+			if len(agent.Artifacts) > 0 && !slices.Contains(agent.Artifacts, name) {
+				return nil, toStatus(fmt.Errorf("%w: agent %s cannot capture %q (it offers %s)", ErrInvalid, agent.ID, name, strings.Join(agent.Artifacts, ", ")))
+			}
+			col.Artifacts = append(col.Artifacts, state.Artifact{Name: name, Params: spec.GetParams(), State: state.Pending, BytesTotal: -1})
+		}
+		cols = append(cols, col)
 	}
-	if err := s.db.CreateCollection(ctx, col); err != nil {
+	// One transaction for the whole fan-out: one fsync, not one per agent.
+	if err := s.db.CreateCollections(ctx, cols); err != nil {
 		return nil, toStatus(err)
 	}
-	s.log.Info("collection requested", "collection", col.ID, "agent", agent.ID, "case", col.CaseID, "by", col.RequestedBy, "artifacts", len(col.Artifacts))
-	s.hub.push(agent.ID, taskFor(col))
-	return &custodyv1.CreateCollectionResponse{Collection: collectionProto(col)}, nil
+	resp := &custodyv1.CreateCollectionResponse{}
+	for _, col := range cols {
+		s.log.Info("collection requested", "collection", col.ID, "agent", col.AgentID, "case", col.CaseID, "by", col.RequestedBy, "artifacts", len(col.Artifacts))
+		s.hub.push(col.AgentID, taskFor(col))
+		resp.Collections = append(resp.Collections, collectionProto(col))
+	}
+	resp.Collection = resp.Collections[0]
+	return resp, nil
 }
 
 // GetCollection returns a collection's current state.

@@ -329,6 +329,26 @@ func (d *DB) CreateCollection(ctx context.Context, c Collection) error {
 	return nil
 }
 
+// CreateCollections stores several new collections in one transaction.
+func (d *DB) CreateCollections(ctx context.Context, cols []Collection) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, c := range cols {
+		doc, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO collections(id, agent_id, state, requested_at, doc) VALUES(?,?,?,?,?)`,
+			c.ID, c.AgentID, c.State, c.RequestedAt.UnixNano(), doc); err != nil {
+			return fmt.Errorf("state: create collection %s: %w", c.ID, err)
+		}
+	}
+	return tx.Commit()
+}
+
 // GetCollection returns one collection.
 func (d *DB) GetCollection(ctx context.Context, id string) (Collection, error) {
 	var c Collection

@@ -307,11 +307,14 @@ func (x *GetAgentResponse) GetAgent() *Agent {
 }
 
 type CreateCollectionRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
-	Artifacts     []*ArtifactSpec        `protobuf:"bytes,2,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
-	CaseId        string                 `protobuf:"bytes,3,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	AgentId   string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Artifacts []*ArtifactSpec        `protobuf:"bytes,2,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	CaseId    string                 `protobuf:"bytes,3,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	Reason    string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Fan-out: one collection per agent, all created and pushed at once.
+	// Either agent_id or agent_ids.
+	AgentIds      []string `protobuf:"bytes,5,rep,name=agent_ids,json=agentIds,proto3" json:"agent_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -374,6 +377,13 @@ func (x *CreateCollectionRequest) GetReason() string {
 	return ""
 }
 
+func (x *CreateCollectionRequest) GetAgentIds() []string {
+	if x != nil {
+		return x.AgentIds
+	}
+	return nil
+}
+
 type ArtifactSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -427,8 +437,11 @@ func (x *ArtifactSpec) GetParams() map[string]string {
 }
 
 type CreateCollectionResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Collection    *Collection            `protobuf:"bytes,1,opt,name=collection,proto3" json:"collection,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The collection (with agent_id), or the first of collections.
+	Collection *Collection `protobuf:"bytes,1,opt,name=collection,proto3" json:"collection,omitempty"`
+	// One per agent, in the order of agent_ids.
+	Collections   []*Collection `protobuf:"bytes,2,rep,name=collections,proto3" json:"collections,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -466,6 +479,13 @@ func (*CreateCollectionResponse) Descriptor() ([]byte, []int) {
 func (x *CreateCollectionResponse) GetCollection() *Collection {
 	if x != nil {
 		return x.Collection
+	}
+	return nil
+}
+
+func (x *CreateCollectionResponse) GetCollections() []*Collection {
+	if x != nil {
+		return x.Collections
 	}
 	return nil
 }
@@ -1174,22 +1194,24 @@ const file_custody_v1_responder_proto_rawDesc = "" +
 	"\x0fGetAgentRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\";\n" +
 	"\x10GetAgentResponse\x12'\n" +
-	"\x05agent\x18\x01 \x01(\v2\x11.custody.v1.AgentR\x05agent\"\x9d\x01\n" +
+	"\x05agent\x18\x01 \x01(\v2\x11.custody.v1.AgentR\x05agent\"\xba\x01\n" +
 	"\x17CreateCollectionRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x126\n" +
 	"\tartifacts\x18\x02 \x03(\v2\x18.custody.v1.ArtifactSpecR\tartifacts\x12\x17\n" +
 	"\acase_id\x18\x03 \x01(\tR\x06caseId\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x9b\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tagent_ids\x18\x05 \x03(\tR\bagentIds\"\x9b\x01\n" +
 	"\fArtifactSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\x06params\x18\x02 \x03(\v2$.custody.v1.ArtifactSpec.ParamsEntryR\x06params\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x01\n" +
 	"\x18CreateCollectionResponse\x126\n" +
 	"\n" +
 	"collection\x18\x01 \x01(\v2\x16.custody.v1.CollectionR\n" +
-	"collection\"\xfd\x03\n" +
+	"collection\x128\n" +
+	"\vcollections\x18\x02 \x03(\v2\x16.custody.v1.CollectionR\vcollections\"\xfd\x03\n" +
 	"\n" +
 	"Collection\x12#\n" +
 	"\rcollection_id\x18\x01 \x01(\tR\fcollectionId\x12\x19\n" +
@@ -1310,34 +1332,35 @@ var file_custody_v1_responder_proto_depIdxs = []int32{
 	6,  // 7: custody.v1.CreateCollectionRequest.artifacts:type_name -> custody.v1.ArtifactSpec
 	19, // 8: custody.v1.ArtifactSpec.params:type_name -> custody.v1.ArtifactSpec.ParamsEntry
 	8,  // 9: custody.v1.CreateCollectionResponse.collection:type_name -> custody.v1.Collection
-	23, // 10: custody.v1.Collection.state:type_name -> custody.v1.CollectionState
-	9,  // 11: custody.v1.Collection.artifacts:type_name -> custody.v1.ArtifactStatus
-	21, // 12: custody.v1.Collection.requested_at:type_name -> google.protobuf.Timestamp
-	21, // 13: custody.v1.Collection.started_at:type_name -> google.protobuf.Timestamp
-	21, // 14: custody.v1.Collection.finished_at:type_name -> google.protobuf.Timestamp
-	24, // 15: custody.v1.ArtifactStatus.state:type_name -> custody.v1.ArtifactState
-	8,  // 16: custody.v1.GetCollectionResponse.collection:type_name -> custody.v1.Collection
-	8,  // 17: custody.v1.WatchCollectionResponse.collection:type_name -> custody.v1.Collection
-	16, // 18: custody.v1.ListEvidenceResponse.objects:type_name -> custody.v1.EvidenceObject
-	1,  // 19: custody.v1.ResponderService.ListAgents:input_type -> custody.v1.ListAgentsRequest
-	3,  // 20: custody.v1.ResponderService.GetAgent:input_type -> custody.v1.GetAgentRequest
-	5,  // 21: custody.v1.ResponderService.CreateCollection:input_type -> custody.v1.CreateCollectionRequest
-	10, // 22: custody.v1.ResponderService.GetCollection:input_type -> custody.v1.GetCollectionRequest
-	12, // 23: custody.v1.ResponderService.WatchCollection:input_type -> custody.v1.WatchCollectionRequest
-	14, // 24: custody.v1.ResponderService.ListEvidence:input_type -> custody.v1.ListEvidenceRequest
-	17, // 25: custody.v1.ResponderService.ReadEvidence:input_type -> custody.v1.ReadEvidenceRequest
-	2,  // 26: custody.v1.ResponderService.ListAgents:output_type -> custody.v1.ListAgentsResponse
-	4,  // 27: custody.v1.ResponderService.GetAgent:output_type -> custody.v1.GetAgentResponse
-	7,  // 28: custody.v1.ResponderService.CreateCollection:output_type -> custody.v1.CreateCollectionResponse
-	11, // 29: custody.v1.ResponderService.GetCollection:output_type -> custody.v1.GetCollectionResponse
-	13, // 30: custody.v1.ResponderService.WatchCollection:output_type -> custody.v1.WatchCollectionResponse
-	15, // 31: custody.v1.ResponderService.ListEvidence:output_type -> custody.v1.ListEvidenceResponse
-	18, // 32: custody.v1.ResponderService.ReadEvidence:output_type -> custody.v1.ReadEvidenceResponse
-	26, // [26:33] is the sub-list for method output_type
-	19, // [19:26] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	8,  // 10: custody.v1.CreateCollectionResponse.collections:type_name -> custody.v1.Collection
+	23, // 11: custody.v1.Collection.state:type_name -> custody.v1.CollectionState
+	9,  // 12: custody.v1.Collection.artifacts:type_name -> custody.v1.ArtifactStatus
+	21, // 13: custody.v1.Collection.requested_at:type_name -> google.protobuf.Timestamp
+	21, // 14: custody.v1.Collection.started_at:type_name -> google.protobuf.Timestamp
+	21, // 15: custody.v1.Collection.finished_at:type_name -> google.protobuf.Timestamp
+	24, // 16: custody.v1.ArtifactStatus.state:type_name -> custody.v1.ArtifactState
+	8,  // 17: custody.v1.GetCollectionResponse.collection:type_name -> custody.v1.Collection
+	8,  // 18: custody.v1.WatchCollectionResponse.collection:type_name -> custody.v1.Collection
+	16, // 19: custody.v1.ListEvidenceResponse.objects:type_name -> custody.v1.EvidenceObject
+	1,  // 20: custody.v1.ResponderService.ListAgents:input_type -> custody.v1.ListAgentsRequest
+	3,  // 21: custody.v1.ResponderService.GetAgent:input_type -> custody.v1.GetAgentRequest
+	5,  // 22: custody.v1.ResponderService.CreateCollection:input_type -> custody.v1.CreateCollectionRequest
+	10, // 23: custody.v1.ResponderService.GetCollection:input_type -> custody.v1.GetCollectionRequest
+	12, // 24: custody.v1.ResponderService.WatchCollection:input_type -> custody.v1.WatchCollectionRequest
+	14, // 25: custody.v1.ResponderService.ListEvidence:input_type -> custody.v1.ListEvidenceRequest
+	17, // 26: custody.v1.ResponderService.ReadEvidence:input_type -> custody.v1.ReadEvidenceRequest
+	2,  // 27: custody.v1.ResponderService.ListAgents:output_type -> custody.v1.ListAgentsResponse
+	4,  // 28: custody.v1.ResponderService.GetAgent:output_type -> custody.v1.GetAgentResponse
+	7,  // 29: custody.v1.ResponderService.CreateCollection:output_type -> custody.v1.CreateCollectionResponse
+	11, // 30: custody.v1.ResponderService.GetCollection:output_type -> custody.v1.GetCollectionResponse
+	13, // 31: custody.v1.ResponderService.WatchCollection:output_type -> custody.v1.WatchCollectionResponse
+	15, // 32: custody.v1.ResponderService.ListEvidence:output_type -> custody.v1.ListEvidenceResponse
+	18, // 33: custody.v1.ResponderService.ReadEvidence:output_type -> custody.v1.ReadEvidenceResponse
+	27, // [27:34] is the sub-list for method output_type
+	20, // [20:27] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_responder_proto_init() }
