@@ -106,6 +106,11 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 	defer func() {
 		bg, cancel := background()
 		defer cancel()
+		// Whatever failed once the stream's context ended (a checkpoint, a
+		// progress write) failed because the connection went: resumable.
+		if err != nil && !refused(err) && ctx.Err() != nil {
+			interrupted = true
+		}
 		switch {
 		case err == nil:
 		case interrupted && up.Resumable():
@@ -306,6 +311,18 @@ func (s *Server) finishUpload(ctx context.Context, stream custodyv1.AgentService
 		log.Info("commit not delivered to the agent; evidence is stored", "err", err)
 	}
 	return nil
+}
+
+// refused reports errors that are a verdict on the upload itself, never an
+// interruption, whatever else happened to the connection.
+func refused(err error) bool {
+	for _, e := range []error{chunk.ErrSequence, chunk.ErrOffset, chunk.ErrTooLarge, chunk.ErrLength, chunk.ErrHash,
+		chunk.ErrCorrupt, chunk.ErrTrailer, store.ErrDigestMismatch, ErrInvalid, ErrForbidden} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return status.Code(err) == codes.ResourceExhausted
 }
 
 // isInterruption tells a broken stream (resume later) from a refused one.
