@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -84,6 +85,11 @@ func Run(ctx context.Context, cfg Config) error {
 	conn, err := grpc.NewClient(cfg.Collector,
 		grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLSConfig(id.Roots, serverName(cfg), id.Keys))),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+		// gRPC's own reconnect backoff grows to 120 s; cap it with ours so a
+		// collector back from a long outage is found within MaxBackoff.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{
+			BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff,
+		}, MinConnectTimeout: 20 * time.Second}),
 	)
 	if err != nil {
 		return fmt.Errorf("session: %w", err)

@@ -214,6 +214,26 @@ func checkKeys(dec *json.Decoder, t reflect.Type, path string) error {
 	}
 	switch d {
 	case '{':
+		if t != nil && t.Kind() == reflect.Map && t.Key().Kind() == reflect.String {
+			// Free-form keys (artifact details), but still no duplicates.
+			seen := map[string]bool{}
+			for dec.More() {
+				tok, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				name, _ := tok.(string)
+				if seen[name] {
+					return fmt.Errorf("%s: duplicate key %q", path, name)
+				}
+				seen[name] = true
+				if err := checkKeys(dec, t.Elem(), path+"."+name); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		}
 		if t == nil || t.Kind() != reflect.Struct {
 			return fmt.Errorf("%s: unexpected object", path)
 		}

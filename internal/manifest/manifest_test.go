@@ -248,3 +248,25 @@ func TestParseRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestDetailsRoundTrip: artifact details (free-form keys) survive Marshal
+// and Parse, and a duplicated key is still refused.
+func TestDetailsRoundTrip(t *testing.T) {
+	m := testManifest()
+	m.Artifacts[0].Details = map[string]string{"upload_resumes": "2", "source": "kcore"}
+	data, err := Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(m.Artifacts[0].Details, got.Artifacts[0].Details); diff != "" {
+		t.Errorf("details (-want +got):\n%s", diff)
+	}
+	dup := bytes.Replace(data, []byte(`"source": "kcore"`), []byte(`"source": "kcore", "source": "lime"`), 1)
+	if _, err := Parse(dup); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("duplicate details key: got %v, want ErrMalformed", err)
+	}
+}

@@ -191,6 +191,10 @@ func verify(ctx context.Context, src evidenceSource, roots *x509.CertPool, allow
 	default:
 		var signer *x509.Certificate
 		m, signer, err = manifest.Verify(data, sig, roots)
+		if errors.Is(err, manifest.ErrMalformed) {
+			fmt.Fprintf(w, "manifest    FAIL  %v\n", err)
+			return false, nil
+		}
 		if err != nil {
 			fmt.Fprintf(w, "signature   FAIL  %v\n", err)
 			return false, nil
