@@ -17,11 +17,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -613,3 +616,97 @@ func ReadManifest(dir string) (*Manifest, error) {
 	}
 	return &m, nil
 }
+
+// Proxy forwards TCP connections to a target and can cut them all, or
+// stall them, on demand: a network that a responder is cutting.
+type Proxy struct {
+	// Addr is where clients connect instead of the target.
+	Addr    string
+	target  string
+	mu      sync.Mutex
+	conns   []net.Conn
+	stalled chan struct{}
+	cuts    atomic.Int32
+}
+
+// NewProxy starts a proxy to target, closed when the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{Addr: l.Addr().String(), target: target}
+	t.Cleanup(func() { l.Close(); p.Cut() })
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, in, out)
+			p.mu.Unlock()
+			go p.pipe(in, out)
+			go p.pipe(out, in)
+		}
+	}()
+	return p
+}
+
+func (p *Proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			st := p.stalled
+			p.mu.Unlock()
+			if st != nil {
+				<-st
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	dst.Close()
+	src.Close()
+}
+
+// Cut closes every connection, both sides, at once.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	if len(conns) > 0 {
+		p.cuts.Add(1)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// Stall holds all forwarding for d.
+func (p *Proxy) Stall(d time.Duration) {
+	ch := make(chan struct{})
+	p.mu.Lock()
+	p.stalled = ch
+	p.mu.Unlock()
+	time.Sleep(d)
+	p.mu.Lock()
+	p.stalled = nil
+	p.mu.Unlock()
+	close(ch)
+}
+
+// Cuts is how many times Cut closed live connections.
+func (p *Proxy) Cuts() int { return int(p.cuts.Load()) }

@@ -9,13 +9,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -205,9 +203,9 @@ func TestNetworkCutsAndStalls(t *testing.T) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			r := setup(t, seed)
 			r.c.StartCollector("127.0.0.1:0")
-			p := newProxy(t, r.c.Addr, r.rng)
+			p := e2e.NewProxy(t, r.c.Addr)
 			direct := r.c.Addr
-			r.c.Addr = p.addr // the agent dials the proxy
+			r.c.Addr = p.Addr // the agent dials the proxy
 			r.c.StartAgent("agent", r.c.Token(1))
 			r.c.Addr = direct
 			r.agentID = r.c.WaitConnected(r.ctx, "")
@@ -218,105 +216,15 @@ func TestNetworkCutsAndStalls(t *testing.T) {
 				if r.rng.IntN(2) == 0 {
 					d := time.Duration(200+r.rng.IntN(800)) * time.Millisecond
 					t.Logf("seed %d: stall %s at ~%d MiB", seed, d, at>>20)
-					p.stall(d)
+					p.Stall(d)
 				}
 				t.Logf("seed %d: cut at ~%d MiB", seed, at>>20)
-				p.cut()
+				p.Cut()
 			}
 			r.check(seed, id)
-			if p.cuts.Load() < 5 {
-				t.Fatalf("seed %d: only %d connections were cut", seed, p.cuts.Load())
+			if p.Cuts() < 5 {
+				t.Fatalf("seed %d: only %d connections were cut", seed, p.Cuts())
 			}
 		})
 	}
 }
-
-// proxy forwards TCP connections to a target and can cut them all, or
-// stall them, on demand: a network that a responder is cutting.
-type proxy struct {
-	addr    string
-	target  string
-	mu      sync.Mutex
-	conns   []net.Conn
-	stalled chan struct{}
-	cuts    atomic.Int32
-}
-
-func newProxy(t *testing.T, target string, _ *rand.Rand) *proxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{addr: l.Addr().String(), target: target}
-	t.Cleanup(func() { l.Close(); p.cut() })
-	go func() {
-		for {
-			in, err := l.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, in, out)
-			p.mu.Unlock()
-			go p.pipe(in, out)
-			go p.pipe(out, in)
-		}
-	}()
-	return p
-}
-
-func (p *proxy) pipe(dst, src net.Conn) {
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			st := p.stalled
-			p.mu.Unlock()
-			if st != nil {
-				<-st
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				break
-			}
-		}
-		if err != nil {
-			break
-		}
-	}
-	dst.Close()
-	src.Close()
-}
-
-// cut closes every connection, both sides, at once.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	conns := p.conns
-	p.conns = nil
-	p.mu.Unlock()
-	if len(conns) > 0 {
-		p.cuts.Add(1)
-	}
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-// stall holds all forwarding for d.
-func (p *proxy) stall(d time.Duration) {
-	ch := make(chan struct{})
-	p.mu.Lock()
-	p.stalled = ch
-	p.mu.Unlock()
-	time.Sleep(d)
-	p.mu.Lock()
-	p.stalled = nil
-	p.mu.Unlock()
-	close(ch)
-}
-
