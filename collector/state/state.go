@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -50,6 +51,11 @@ func Final(s string) bool {
 type DB struct {
 	db  *sql.DB
 	now func() time.Time
+	// wmu serialises this process's writes. SQLite has one writer at a
+	// time anyway; queueing here instead of in SQLite's busy handler means
+	// a burst (500 agents saying hello at once) waits its turn instead of
+	// failing with SQLITE_BUSY when the busy timeout runs out.
+	wmu sync.Mutex
 }
 
 // migrations are applied in order; PRAGMA user_version records how many ran.
@@ -135,6 +141,8 @@ func (d *DB) Close() error { return d.db.Close() }
 // CreateToken mints a join token good for uses enrolments until ttl passes.
 // Only its SHA-256 is stored: a copy of the database enrols nobody.
 func (d *DB) CreateToken(ctx context.Context, uses int, ttl time.Duration) (token string, expires time.Time, err error) {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	if uses < 1 || ttl <= 0 {
 		return "", time.Time{}, fmt.Errorf("state: token needs uses >= 1 and a positive ttl (got %d, %s)", uses, ttl)
 	}
@@ -160,6 +168,8 @@ func tokenHash(token string) string {
 
 // RedeemToken spends one use of token, atomically.
 func (d *DB) RedeemToken(ctx context.Context, token string) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -209,6 +219,8 @@ type Agent struct {
 
 // CreateAgent records a newly enrolled agent.
 func (d *DB) CreateAgent(ctx context.Context, a Agent) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	doc, err := json.Marshal(a)
 	if err != nil {
 		return err
@@ -317,6 +329,8 @@ func (c *Collection) Artifact(name string) *Artifact {
 
 // CreateCollection stores a new collection.
 func (d *DB) CreateCollection(ctx context.Context, c Collection) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	doc, err := json.Marshal(c)
 	if err != nil {
 		return err
@@ -331,6 +345,8 @@ func (d *DB) CreateCollection(ctx context.Context, c Collection) error {
 
 // CreateCollections stores several new collections in one transaction.
 func (d *DB) CreateCollections(ctx context.Context, cols []Collection) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -388,6 +404,8 @@ func (d *DB) UpdateCollection(ctx context.Context, id string, fn func(*Collectio
 // with the statement mutate returns (doc first, extra args, then id last).
 // An empty statement means "do not write".
 func (d *DB) update(ctx context.Context, query, id string, v any, mutate func() (string, []any)) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -474,6 +492,8 @@ type UploadSession struct {
 
 // PutUpload creates or replaces an upload session.
 func (d *DB) PutUpload(ctx context.Context, u UploadSession) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	doc, err := json.Marshal(u)
 	if err != nil {
 		return err
@@ -506,6 +526,8 @@ func (d *DB) GetUpload(ctx context.Context, collectionID, artifact string) (Uplo
 
 // DeleteUpload forgets an upload session (finished or abandoned).
 func (d *DB) DeleteUpload(ctx context.Context, collectionID, artifact string) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
 	_, err := d.db.ExecContext(ctx, `DELETE FROM uploads WHERE collection_id = ? AND artifact = ?`, collectionID, artifact)
 	return err
 }
