@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/custodyhq/custody/agent/artifact"
@@ -111,7 +112,7 @@ func capture(ctx context.Context, opts Options, req Request) manifest.Artifact {
 		return fail(err)
 	}
 	stored := &hashingWriter{h: sha256.New()}
-	w := chunk.NewWriter(enc, chunk.MaxRawSize, func(c chunk.Chunk) error {
+	w := chunk.NewParallelWriter(enc, chunk.MaxRawSize, runtime.GOMAXPROCS(0), func(c chunk.Chunk) error {
 		if _, err := f.Write(c.Data); err != nil {
 			return err
 		}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 
 	"github.com/custodyhq/custody/internal/chunk"
@@ -131,7 +132,9 @@ func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Option
 	if m := acc.GetMaxChunkSize(); m > 0 && m < int64(size) {
 		size = int(m)
 	}
-	s.w = chunk.NewWriter(enc, size, s.send)
+	// Compress on as many threads as the agent may use (--max-procs):
+	// zstd is the costly step, and the CPU share is the operator's choice.
+	s.w = chunk.NewParallelWriter(enc, size, runtime.GOMAXPROCS(0), s.send)
 	go s.receive()
 	return s, nil
 }
@@ -262,8 +265,10 @@ func (s *Stream) Close(t Trailer) (Result, error) {
 	return Result{Key: c.GetKey(), RawSize: tr.Total, RawSHA256: tr.SHA256, StoredSize: c.GetStoredSize(), StoredSHA256: c.GetStoredSha256()}, nil
 }
 
-// Abort ends the upload without a trailer; the collector discards it.
+// Abort ends the upload without a trailer; the collector keeps what it
+// verified for a resume, or discards it.
 func (s *Stream) Abort() {
 	s.cancel()
 	<-s.recvDone
+	s.w.Flush() // releases the compression workers; the error is moot
 }

@@ -16,6 +16,9 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
+// maxWorkers bounds the chunks one Encoder compresses at once.
+const maxWorkers = 8
+
 // MaxRawSize is the largest raw chunk either side produces or accepts.
 const MaxRawSize = 4 << 20
 
@@ -106,7 +109,9 @@ func NewEncoderAt(compress bool, p Position) (*Encoder, error) {
 		// caps its CPU share by running few encoders, not wide ones.
 		z, err := zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderConcurrency(1),
+			// EncodeAll runs on up to this many goroutines at once
+			// (Writer's workers); the agent passes few.
+			zstd.WithEncoderConcurrency(maxWorkers),
 			zstd.WithZeroFrames(true),
 			zstd.WithEncoderCRC(false))
 		if err != nil {
@@ -115,6 +120,28 @@ func NewEncoderAt(compress bool, p Position) (*Encoder, error) {
 		e.zenc = z
 	}
 	return e, nil
+}
+
+// advance accounts raw as the next chunk of the stream, in order, without
+// encoding it, returning its sequence number and offset.
+func (e *Encoder) advance(raw []byte) (uint64, int64, error) {
+	if len(raw) == 0 || len(raw) > MaxRawSize {
+		return 0, 0, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
+	}
+	e.whole.Write(raw)
+	seq, off := e.seq, e.offset
+	e.seq++
+	e.offset += int64(len(raw))
+	return seq, off, nil
+}
+
+// frame encodes raw into dst; safe to call from several goroutines at once
+// (the zstd encoder is created with enough concurrency).
+func (e *Encoder) frame(raw, dst []byte) ([]byte, error) {
+	if e.zenc != nil {
+		return e.zenc.EncodeAll(raw, dst[:0]), nil
+	}
+	return append(dst[:0], raw...), nil
 }
 
 // Encode frames raw as the next chunk. dst is reused for the frame when it

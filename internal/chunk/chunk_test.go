@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -164,11 +165,17 @@ func FuzzVerify(f *testing.F) {
 }
 
 func TestWriterCutsExactChunks(t *testing.T) {
+	for _, workers := range []int{1, 3} {
+		t.Run(fmt.Sprint(workers), func(t *testing.T) { testWriterCuts(t, workers) })
+	}
+}
+
+func testWriterCuts(t *testing.T, workers int) {
 	data := testData(10<<20 + 3)
 	e, _ := NewEncoder(true)
 	v, _ := NewVerifier(true)
 	var sizes []int64
-	w := NewWriter(e, 4<<20, func(c Chunk) error {
+	w := NewParallelWriter(e, 4<<20, workers, func(c Chunk) error {
 		sizes = append(sizes, c.RawLen)
 		_, err := v.Verify(c)
 		return err
@@ -227,5 +234,42 @@ func TestResumeAtPosition(t *testing.T) {
 	}
 	if _, err := NewVerifierAt(true, Position{HashState: []byte("garbage")}); err == nil {
 		t.Fatal("garbage hash state accepted")
+	}
+}
+
+func TestParallelWriterOrderAndErrors(t *testing.T) {
+	data := testData(40<<20 + 1)
+	e, _ := NewEncoder(true)
+	v, _ := NewVerifier(true)
+	w := NewParallelWriter(e, 1<<20, 4, func(c Chunk) error {
+		_, err := v.Verify(c) // fails on any reordering
+		return err
+	})
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Finish(w.Trailer()); err != nil {
+		t.Fatal(err)
+	}
+
+	boom := errors.New("collector went away")
+	e2, _ := NewEncoder(true)
+	calls := 0
+	w2 := NewParallelWriter(e2, 1<<20, 4, func(Chunk) error {
+		calls++
+		if calls == 3 {
+			return boom
+		}
+		return nil
+	})
+	_, err := w2.Write(data)
+	if ferr := w2.Flush(); !errors.Is(err, boom) && !errors.Is(ferr, boom) {
+		t.Fatalf("write %v, flush %v; want the emit error", err, ferr)
+	}
+	if calls != 3 {
+		t.Fatalf("emit called %d times after failing at 3", calls)
 	}
 }

@@ -1,41 +1,88 @@
 package chunk
 
+import (
+	"crypto/sha256"
+	"sync"
+)
+
 // Writer is an io.Writer that cuts whatever is written into raw chunks of
 // exactly size bytes (the last one shorter), encodes each and hands it to
-// emit. It holds one raw chunk and one frame buffer, never more: this is
-// what bounds the agent's memory whatever the artifact's size.
+// emit, in order. Compression and the per-chunk hash run on up to workers
+// goroutines at once — zstd is the costly step of the agent's pipeline —
+// while the whole-stream hash is kept in order on the writing goroutine.
+// Memory is bounded by workers+1 raw chunks and as many frames: this is
+// what bounds the agent whatever the artifact's size.
 type Writer struct {
-	enc  *Encoder
-	emit func(Chunk) error
-	raw  []byte
-	dst  []byte
-	size int
-	err  error
+	enc     *Encoder
+	emit    func(Chunk) error
+	size    int
+	workers int
+
+	raw     []byte
+	pending []*job   // submitted, in stream order
+	free    [][]byte // frame buffers to reuse
+	freeRaw [][]byte // raw buffers to reuse
+	jobs    chan *job
+	wg      sync.WaitGroup
+	err     error
+	started bool
+	closed  bool
+}
+
+type job struct {
+	raw, dst []byte
+	c        Chunk
+	err      error
+	done     chan struct{}
 }
 
 // NewWriter returns a Writer emitting chunks of size raw bytes (at most
-// MaxRawSize). The Chunk passed to emit is only valid during the call.
+// MaxRawSize), compressing on one goroutine. The Chunk passed to emit is
+// only valid during the call.
 func NewWriter(enc *Encoder, size int, emit func(Chunk) error) *Writer {
+	return NewParallelWriter(enc, size, 1, emit)
+}
+
+// NewParallelWriter is NewWriter with up to workers chunks compressed at
+// once. Flush must be called to release the workers.
+func NewParallelWriter(enc *Encoder, size, workers int, emit func(Chunk) error) *Writer {
 	if size <= 0 || size > MaxRawSize {
 		size = MaxRawSize
 	}
-	return &Writer{enc: enc, emit: emit, raw: make([]byte, 0, size), size: size}
+	workers = max(workers, 1)
+	w := &Writer{enc: enc, emit: emit, size: size, workers: workers, jobs: make(chan *job)}
+	w.raw = make([]byte, 0, size)
+	return w
 }
 
-// Write buffers p, emitting every full chunk.
+func (w *Writer) start() {
+	for i := 0; i < w.workers; i++ {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for j := range w.jobs {
+				sum := sha256.Sum256(j.raw)
+				j.c.SHA256 = sum[:]
+				j.c.Data, j.err = w.enc.frame(j.raw, j.dst)
+				close(j.done)
+			}
+		}()
+	}
+}
+
+// Write buffers p, submitting every full chunk.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
 	n := 0
 	for len(p) > 0 {
-		room := w.size - len(w.raw)
-		take := min(room, len(p))
+		take := min(w.size-len(w.raw), len(p))
 		w.raw = append(w.raw, p[:take]...)
 		p = p[take:]
 		n += take
 		if len(w.raw) == w.size {
-			if err := w.flush(); err != nil {
+			if err := w.submit(); err != nil {
 				return n, err
 			}
 		}
@@ -43,29 +90,77 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Flush emits the buffered partial chunk, if any.
-func (w *Writer) Flush() error {
-	if w.err != nil {
-		return w.err
+// submit hands the buffered chunk to a worker, first emitting the oldest
+// submitted chunk if every worker is busy.
+func (w *Writer) submit() error {
+	if !w.started {
+		w.started = true
+		w.start()
 	}
-	if len(w.raw) == 0 {
-		return nil
+	for len(w.pending) >= w.workers {
+		if err := w.emitOldest(); err != nil {
+			return err
+		}
 	}
-	return w.flush()
-}
-
-func (w *Writer) flush() error {
-	c, err := w.enc.Encode(w.raw, w.dst)
-	if err == nil {
-		w.dst = c.Data
-		err = w.emit(c)
-	}
-	w.raw = w.raw[:0]
+	seq, off, err := w.enc.advance(w.raw)
 	if err != nil {
 		w.err = err
+		return err
 	}
-	return err
+	j := &job{raw: w.raw, c: Chunk{Seq: seq, Offset: off, RawLen: int64(len(w.raw))}, done: make(chan struct{})}
+	if n := len(w.free); n > 0 {
+		j.dst, w.free = w.free[n-1], w.free[:n-1]
+	}
+	w.pending = append(w.pending, j)
+	w.jobs <- j
+	w.raw = w.takeBuffer()
+	return nil
 }
 
-// Trailer returns the account of every byte emitted so far.
+func (w *Writer) takeBuffer() []byte {
+	if n := len(w.freeRaw); n > 0 {
+		b := w.freeRaw[n-1]
+		w.freeRaw = w.freeRaw[:n-1]
+		return b[:0]
+	}
+	return make([]byte, 0, w.size)
+}
+
+func (w *Writer) emitOldest() error {
+	j := w.pending[0]
+	w.pending = w.pending[1:]
+	<-j.done
+	err := j.err
+	if err == nil && w.err == nil {
+		err = w.emit(j.c)
+	}
+	if j.c.Data != nil {
+		w.free = append(w.free, j.c.Data[:0])
+	}
+	w.freeRaw = append(w.freeRaw, j.raw)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+	return w.err
+}
+
+// Flush emits the buffered partial chunk and everything still being
+// compressed, then releases the workers. Nothing may be written after it.
+func (w *Writer) Flush() error {
+	if !w.closed {
+		if w.err == nil && len(w.raw) > 0 {
+			w.submit()
+		}
+		for len(w.pending) > 0 {
+			w.emitOldest()
+		}
+		w.closed = true
+		close(w.jobs)
+		w.wg.Wait()
+		w.free, w.freeRaw = nil, nil
+	}
+	return w.err
+}
+
+// Trailer returns the account of every byte submitted so far.
 func (w *Writer) Trailer() Trailer { return w.enc.Trailer() }
