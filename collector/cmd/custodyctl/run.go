@@ -95,7 +95,7 @@ func agentsCmd(client clientFunc) *cobra.Command {
 }
 
 func collectCmd(client clientFunc) *cobra.Command {
-	var agent, caseID, reason, out, path string
+	var agent, caseID, reason, out, path, pid string
 	var artifacts, params []string
 	var wait bool
 	var timeout time.Duration
@@ -112,6 +112,13 @@ func collectCmd(client clientFunc) *cobra.Command {
 				s := &custodyv1.ArtifactSpec{Name: name, Params: map[string]string{}}
 				specs[name] = s
 				req.Artifacts = append(req.Artifacts, s)
+			}
+			if pid != "" {
+				s, ok := specs["process_memory"]
+				if !ok {
+					return fmt.Errorf("--pid is the process_memory artifact's parameter; add process_memory to --artifacts")
+				}
+				s.Params["pid"] = pid
 			}
 			if path != "" {
 				s, ok := specs["file"]
@@ -180,6 +187,7 @@ func collectCmd(client clientFunc) *cobra.Command {
 	f.StringVar(&caseID, "case", "", "case id (letters, digits, '.', '_', '-')")
 	f.StringVar(&reason, "reason", "", "why this evidence is collected (recorded in the manifest)")
 	f.StringVar(&path, "path", "", "path for the file artifact")
+	f.StringVar(&pid, "pid", "", "pids (comma list) for the process_memory artifact")
 	f.StringArrayVar(&params, "param", nil, "artifact parameter ARTIFACT.KEY=VALUE (repeatable)")
 	f.BoolVar(&wait, "wait", false, "wait for the collection to finish, showing progress")
 	f.DurationVar(&timeout, "timeout", 0, "with --wait: give up waiting after this long (0: never)")
