@@ -22,6 +22,7 @@ import (
 
 	"github.com/custodyhq/custody/agent/artifact"
 	"github.com/custodyhq/custody/agent/enrol"
+	"github.com/custodyhq/custody/agent/preflight"
 	"github.com/custodyhq/custody/internal/pki"
 	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
 )
@@ -121,15 +122,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 }
 
-// backoff is "full jitter": uniformly random in [min, min(max, min·2^n)],
-// so a fleet that lost its collector at the same moment does not return
-// at the same moment.
+// backoff is "full jitter": uniformly random in [0, min(max, min·2^n)], so
+// a fleet that lost its collector at the same moment does not return at
+// the same moment, and the first retry after a blip is usually quick.
 func backoff(lo, hi time.Duration, attempt int) time.Duration {
 	ceil := lo << min(attempt, 30)
 	if ceil > hi || ceil <= 0 {
 		ceil = hi
 	}
-	return lo + time.Duration(rand.Int64N(int64(ceil-lo)+1))
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
 }
 
 func serverName(cfg Config) string {
@@ -244,6 +245,7 @@ func (a *agent) session(ctx context.Context) error {
 	}
 	if err := send(&custodyv1.SessionRequest{Msg: &custodyv1.SessionRequest_Hello{Hello: &custodyv1.Hello{
 		Host: HostFacts(a.cfg.Env), Artifacts: artifact.Names(), AgentVersion: a.cfg.Version,
+		Preflight: preflight.Proto(preflight.Checks(a.cfg.Env)),
 	}}}); err != nil {
 		return err
 	}

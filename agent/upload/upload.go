@@ -26,7 +26,8 @@ type Options struct {
 	Artifact     string
 	Extension    string
 	ExpectedSize int64 // -1 when unknown
-	// Window is how many chunks may await acknowledgement (default 4).
+	// Window is how many chunks may await acknowledgement (default 3):
+	// enough to keep the link busy, few enough to bound memory.
 	Window int
 	// NoCompress sends raw bytes (for sources that are already compressed).
 	NoCompress bool
@@ -88,7 +89,7 @@ func (s *Stream) ResumeSHA256() []byte { return s.resumeSum }
 // Start opens an upload and waits for the collector to accept it.
 func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Options, callOpts ...grpc.CallOption) (*Stream, error) {
 	if opts.Window <= 0 {
-		opts.Window = 4
+		opts.Window = 3
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	st, err := client.Upload(ctx, callOpts...)

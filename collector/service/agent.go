@@ -171,6 +171,10 @@ func (s *Server) recordHello(ctx context.Context, c caller, h *custodyv1.Hello) 
 	update := func(a *state.Agent) {
 		a.Host, a.Artifacts, a.Version, a.LastSeen = hostFromProto(h.GetHost()), h.GetArtifacts(), h.GetAgentVersion(), now
 		a.CertFingerprint, a.CertNotAfter = pki.Fingerprint(c.cert), c.cert.NotAfter
+		a.Preflight = a.Preflight[:0]
+		for _, p := range h.GetPreflight() {
+			a.Preflight = append(a.Preflight, state.PreflightCheck{Name: p.GetName(), OK: p.GetOk(), Detail: p.GetDetail()})
+		}
 	}
 	_, err := s.db.UpdateAgent(ctx, c.id.Name, update)
 	if errors.Is(err, state.ErrNotFound) {

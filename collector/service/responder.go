@@ -200,8 +200,13 @@ func (s *Server) collectionPrefix(ctx context.Context, id string) (string, error
 }
 
 func (s *Server) agentProto(a state.Agent) *custodyv1.Agent {
+	var checks []*custodyv1.PreflightCheck
+	for _, p := range a.Preflight {
+		checks = append(checks, &custodyv1.PreflightCheck{Name: p.Name, Ok: p.OK, Detail: p.Detail})
+	}
 	return &custodyv1.Agent{
-		AgentId: a.ID,
+		Preflight: checks,
+		AgentId:   a.ID,
 		Host: &custodyv1.HostFacts{Hostname: a.Host.Hostname, Os: a.Host.OS, Kernel: a.Host.Kernel, Arch: a.Host.Arch,
 			BootId: a.Host.BootID, InstanceId: a.Host.InstanceID, TaskArn: a.Host.TaskARN},
 		Artifacts: a.Artifacts, AgentVersion: a.Version, Connected: s.hub.connected(a.ID),

@@ -78,13 +78,16 @@ type Server struct {
 
 	sealMu  sync.Mutex
 	uploads chan struct{}
+
+	artMu    sync.Mutex
+	artLocks map[string]*artLock
 }
 
 // New returns a Server.
 func New(cfg Config, db *state.DB, st store.Store, log *slog.Logger) *Server {
 	cfg.withDefaults()
 	return &Server{cfg: cfg, db: db, store: st, log: log.With("component", "service"), hub: newHub(), now: time.Now,
-		uploads: make(chan struct{}, cfg.MaxUploads)}
+		uploads: make(chan struct{}, cfg.MaxUploads), artLocks: map[string]*artLock{}}
 }
 
 // Register adds both services to g.

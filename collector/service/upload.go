@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -89,6 +90,15 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 	}
 	log := s.log.With("agent", c.id.Name, "collection", col.ID, "artifact", art.Name)
 
+	// One stream per artifact at a time: a reconnecting agent's new stream
+	// waits until the old one has finished writing its checkpoint, so two
+	// handlers never write, truncate or checkpoint the same partial object.
+	lock, release, err := s.lockArtifact(ctx, col.ID+"/"+art.Name)
+	if err != nil {
+		return toStatus(err)
+	}
+	defer release()
+
 	// Bound the uploads in progress: beyond the limit, an upload waits here
 	// (its agent waits for the acceptance) instead of failing.
 	select {
@@ -153,8 +163,38 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 
 	var lastProgress, lastCheckpoint time.Time = time.Time{}, s.now()
 	var sinceCheckpoint int64
+	// Receive on a goroutine so that a newer stream for this artifact can
+	// take over even while this one waits for a message that never comes.
+	type received struct {
+		msg *custodyv1.UploadRequest
+		err error
+	}
+	recv := make(chan received)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case recv <- received{m, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	for {
-		msg, err := stream.Recv()
+		var msg *custodyv1.UploadRequest
+		var err error
+		select {
+		case r := <-recv:
+			msg, err = r.msg, r.err
+		case <-lock.supersede:
+			interrupted = true
+			return fmt.Errorf("%w: superseded by a newer stream for this artifact", ErrConflict)
+		}
 		if err == io.EOF {
 			// A half-close without a trailer is not a network failure: an
 			// agent that gives up aborts the stream instead.
@@ -338,4 +378,40 @@ func isInterruption(ctx context.Context, err error) bool {
 		return true
 	}
 	return false
+}
+
+// artLock is held by the one upload handler of an artifact.
+type artLock struct {
+	done       chan struct{} // closed when the holder has finished
+	supersede  chan struct{} // closed to ask the holder to stop
+	superseded sync.Once
+}
+
+// lockArtifact serialises the upload handlers of one artifact. A new stream
+// for an artifact supersedes an old one still open (the agent reconnected
+// and the old connection is half-open): the old handler is asked to stop,
+// checkpoints, and only then the new one proceeds.
+func (s *Server) lockArtifact(ctx context.Context, key string) (*artLock, func(), error) {
+	for {
+		s.artMu.Lock()
+		busy, ok := s.artLocks[key]
+		if !ok {
+			l := &artLock{done: make(chan struct{}), supersede: make(chan struct{})}
+			s.artLocks[key] = l
+			s.artMu.Unlock()
+			return l, func() {
+				s.artMu.Lock()
+				delete(s.artLocks, key)
+				s.artMu.Unlock()
+				close(l.done)
+			}, nil
+		}
+		s.artMu.Unlock()
+		busy.superseded.Do(func() { close(busy.supersede) })
+		select {
+		case <-busy.done:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
 }
