@@ -215,6 +215,15 @@ type Agent struct {
 	CertNotAfter    time.Time `json:"cert_not_after"`
 	EnrolledAt      time.Time `json:"enrolled_at"`
 	LastSeen        time.Time `json:"last_seen"`
+	// Preflight is what the agent's host allowed at its last hello.
+	Preflight []PreflightCheck `json:"preflight,omitempty"`
+}
+
+// PreflightCheck is one thing an agent's host allows or refuses.
+type PreflightCheck struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
 }
 
 // CreateAgent records a newly enrolled agent.
