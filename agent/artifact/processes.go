@@ -1,182 +1,517 @@
 package artifact
 
 import (
-	"cmp"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"slices"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
 
-	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
 	register(Kind{
 		Name:    "processes",
 		Ext:     "jsonl",
-		Doc:     "one JSON line per process (osquery processes columns), sorted by pid",
+		Doc:     "one JSON line per process (osquery processes columns plus exe hash, container, namespaces, capabilities), sorted by pid",
+		Params:  []string{"with_env", "env_unredacted"},
 		Collect: collectProcesses,
 	})
 }
 
-// userHZ is CLK_TCK, the unit of /proc/<pid>/stat starttime. It is 100 on
+// userHZ is CLK_TCK, the unit of /proc/<pid>/stat times. It is 100 on
 // every architecture Go supports; reading it needs sysconf and so cgo, which
 // the static agent does without (procfs makes the same choice).
 const userHZ = 100
 
-// deletedSuffix is what the kernel appends to the exe link of a process whose
-// binary was unlinked: the classic sign of malware that deleted itself.
-const deletedSuffix = " (deleted)"
+const (
+	// maxCmdline bounds the command line kept per process. The kernel
+	// allows megabytes of arguments and a hostile process may use them to
+	// bloat the artifact; cmdline_truncated says when this cut.
+	maxCmdline = 64 << 10
+	// maxEnviron bounds the environment kept per process, likewise.
+	maxEnviron = 64 << 10
+	// maxExeHash is the largest executable hashed. A bigger one is almost
+	// certainly not a real program, and hashing it would stall the scan;
+	// the file artifact can still capture it through /proc/PID/exe.
+	maxExeHash = 1 << 30
+)
 
 // processRecord is one line of the processes artifact. Column names follow
-// osquery's processes table so that existing queries work unchanged. Numbers
-// are pointers because 0 is a meaningful uid, gid and parent: a field that
-// could not be read is null, not a plausible lie.
+// osquery's processes and process_namespaces tables, so existing queries
+// work unchanged. Numbers are pointers because 0 is a meaningful uid, gid
+// and parent: a field that could not be read is null, not a plausible lie.
 type processRecord struct {
 	PID              int      `json:"pid"`
 	Parent           *int     `json:"parent"`
+	PGroup           *int     `json:"pgroup"`
 	Name             string   `json:"name"`
 	Path             string   `json:"path"`
 	Cmdline          string   `json:"cmdline"`
 	CmdlineArgs      []string `json:"cmdline_args"`
+	CmdlineTruncated bool     `json:"cmdline_truncated,omitempty"`
+	State            string   `json:"state"`
+	Cwd              string   `json:"cwd"`
+	Root             string   `json:"root"`
 	UID              *uint64  `json:"uid"`
 	GID              *uint64  `json:"gid"`
 	EUID             *uint64  `json:"euid"`
 	EGID             *uint64  `json:"egid"`
-	State            string   `json:"state"`
+	SUID             *uint64  `json:"suid"`
+	SGID             *uint64  `json:"sgid"`
+	User             string   `json:"user"`
+	Group            string   `json:"group"`
+	EUser            string   `json:"euser"`
+	EGroup           string   `json:"egroup"`
 	StartTime        *int64   `json:"start_time"`
 	StartTimeRFC3339 string   `json:"start_time_rfc3339"`
 	Threads          *int     `json:"threads"`
+	Nice             *int     `json:"nice"`
+	ResidentSize     *uint64  `json:"resident_size"` // bytes
+	TotalSize        *uint64  `json:"total_size"`    // bytes of address space
+	UserTime         *uint64  `json:"user_time"`     // milliseconds
+	SystemTime       *uint64  `json:"system_time"`   // milliseconds
+	ExeSHA256        *string  `json:"exe_sha256"`
 	ExeDeleted       *bool    `json:"exe_deleted"`
-	Error            string   `json:"error,omitempty"`
+	CgroupPath       string   `json:"cgroup_path"`
+	ContainerID      string   `json:"container_id"`
+	ContainerRuntime string   `json:"container_runtime"`
+	ECSTaskID        string   `json:"ecs_task_id"`
+	PodUID           string   `json:"pod_uid"`
+	// NSPid is the pid as the process's own pid namespace sees it: 1 for a
+	// container's init.
+	NSPid           *uint64   `json:"ns_pid"`
+	CgroupNamespace *uint64   `json:"cgroup_namespace"`
+	IPCNamespace    *uint64   `json:"ipc_namespace"`
+	MntNamespace    *uint64   `json:"mnt_namespace"`
+	NetNamespace    *uint64   `json:"net_namespace"`
+	PIDNamespace    *uint64   `json:"pid_namespace"`
+	UserNamespace   *uint64   `json:"user_namespace"`
+	UTSNamespace    *uint64   `json:"uts_namespace"`
+	CapEffective    string    `json:"cap_effective"` // hex mask, as in /proc/PID/status
+	CapEffNames     []string  `json:"cap_effective_names"`
+	LoginUID        *uint64   `json:"login_uid"` // 4294967295: never logged in (unset)
+	Environment     *[]string `json:"environment,omitempty"`
+	EnvTruncated    bool      `json:"environment_truncated,omitempty"`
+	Error           string    `json:"error,omitempty"`
 }
 
-func collectProcesses(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
+type processOptions struct {
+	withEnv, unredacted bool
+}
+
+func parseProcessParams(p Params) (processOptions, error) {
+	var o processOptions
+	for name, dst := range map[string]*bool{"with_env": &o.withEnv, "env_unredacted": &o.unredacted} {
+		v, ok := p[name]
+		if !ok {
+			continue
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return o, fmt.Errorf("%w: processes %s=%q: want true or false", ErrBadParam, name, v)
+		}
+		*dst = b
+	}
+	// Asking for unredacted values is asking for the environment.
+	o.withEnv = o.withEnv || o.unredacted
+	return o, nil
+}
+
+func collectProcesses(ctx context.Context, env Env, p Params, w io.Writer) (Result, error) {
 	res := Result{Source: "procfs:" + env.ProcRoot}
+	opts, err := parseProcessParams(p)
+	if err != nil {
+		return res, err
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	stats := newSnapshotStats(env)
 	warn := warnings{log: env.Logger}
 
-	pfs, err := procfs.NewFS(env.ProcRoot)
+	pids, err := snapshotPIDs(env.ProcRoot)
 	if err != nil {
 		return res, fmt.Errorf("processes: %w", err)
 	}
-	procs, err := pfs.AllProcs()
-	if err != nil {
-		return res, fmt.Errorf("processes: list %s: %w", env.ProcRoot, err)
-	}
-	// Directory order is whatever the filesystem gives; a sorted artifact
-	// diffs cleanly between two collections of the same host.
-	slices.SortFunc(procs, func(a, b procfs.Proc) int { return cmp.Compare(a.PID, b.PID) })
-
 	// Without a boot time start_time is unknown, but every other column is
 	// still worth having.
 	boot, err := bootTime(env.ProcRoot)
 	if err != nil {
 		warn.add("start_time unavailable: %v", err)
 	}
+	sc := &processScanner{env: env, opts: opts, boot: boot, hashes: newExeHasher()}
+	selfMnt, _ := newSnapProc(env.ProcRoot, 0).selfNamespace("mnt")
+	sc.names = newNameResolver(env, selfMnt)
 
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	for _, p := range procs {
-		if err := ctx.Err(); err != nil {
-			res.Warnings = warn.result()
-			return res, err
+	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) processLine {
+		return sc.read(s, pids[i])
+	}, func(l processLine) error {
+		stats.processes++
+		if l.gone {
+			stats.vanished++
+			return nil
 		}
-		rec, gone := readProcess(p, boot)
-		if gone {
-			continue
+		if l.err != "" {
+			stats.errors++
+			warn.add("pid %d: %s", l.pid, l.err)
 		}
-		if rec.Error != "" {
-			warn.add("pid %d: %s", rec.PID, rec.Error)
-		}
-		// Encode writes exactly one line per call, so each process reaches
-		// w as soon as it is read and nothing accumulates here.
-		if err := enc.Encode(rec); err != nil {
-			res.Warnings = warn.result()
-			return res, fmt.Errorf("write processes artifact: %w", err)
+		// One write per record: each process reaches w as soon as it is
+		// its turn, and nothing accumulates here.
+		if _, err := w.Write(l.json); err != nil {
+			return fmt.Errorf("write processes artifact: %w", err)
 		}
 		res.Records++
-	}
+		return nil
+	})
 	res.Warnings = warn.result()
-	return res, nil
+	stats.extra["exe_hashed"] = strconv.Itoa(sc.hashes.count())
+	stats.extra["environment"] = map[bool]string{false: "not collected", true: "redacted"}[opts.withEnv]
+	if opts.unredacted {
+		stats.extra["environment"] = "unredacted"
+	}
+	res.Details = stats.details()
+	return res, err
+}
+
+// selfNamespace reads the namespace of the process reading /proc (the
+// agent, or whatever "self" is in a fake tree).
+func (p snapProc) selfNamespace(kind string) (uint64, error) {
+	target, err := os.Readlink(filepath.Join(p.root, "self", "ns", kind))
+	if err != nil {
+		return 0, err
+	}
+	return parseNSLink(kind, target)
+}
+
+type processScanner struct {
+	env    Env
+	opts   processOptions
+	boot   time.Time
+	hashes *exeHasher
+	names  *nameResolver
+}
+
+// processLine is one process read by a worker, already encoded.
+type processLine struct {
+	pid  int
+	gone bool
+	err  string
+	json []byte
+}
+
+func (sc *processScanner) read(s *scratch, pid int) processLine {
+	rec, gone := sc.readProcess(s, pid)
+	if gone {
+		return processLine{pid: pid, gone: true}
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(rec); err != nil {
+		// Only an unencodable value gets here, which is a bug: keep the
+		// pid and say so rather than lose the process.
+		buf.Reset()
+		fmt.Fprintf(&buf, "{\"pid\":%d,\"error\":%q}\n", pid, "encode: "+err.Error())
+	}
+	return processLine{pid: pid, err: rec.Error, json: buf.Bytes()}
 }
 
 // readProcess reads one process. gone reports a process that exited after
 // the listing: it is skipped, because a process that no longer exists is not
 // part of the state being captured and its half-read record would mislead.
-func readProcess(p procfs.Proc, boot time.Time) (rec processRecord, gone bool) {
-	rec.PID = p.PID
-	var errs []string
+func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, gone bool) {
+	p := newSnapProc(sc.env.ProcRoot, pid)
+	rec.PID = pid
+	var errs errorList
 	// fail records why a column is left empty, unless the error says the
 	// process has exited: that alone drops the record.
 	fail := func(column string, err error) bool {
-		if vanished(err) {
+		if p.gone(err) {
 			return true
 		}
-		errs = append(errs, column+": "+err.Error())
+		errs.add(column, err)
 		return false
 	}
-
-	if st, err := p.Stat(); err != nil {
+	h, err := openProc(p)
+	if err != nil {
 		if fail("stat", err) {
 			return rec, true
 		}
+		rec.Error = errs.String()
+		return rec, false
+	}
+	defer h.close()
+	if b, _, err := h.read(s, "stat", maxSmallFile); err != nil {
+		if fail("stat", err) {
+			return rec, true
+		}
+	} else if st, err := parseProcStat(b); err != nil {
+		errs.add("stat", err)
 	} else {
-		rec.Parent = &st.PPID
+		rec.Parent, rec.PGroup = &st.PPID, &st.PGRP
 		rec.Name = st.Comm
 		rec.State = st.State
 		rec.Threads = &st.NumThreads
-		if !boot.IsZero() {
+		rec.Nice = &st.Nice
+		ut, stime := st.UTime*1000/userHZ, st.STime*1000/userHZ
+		rec.UserTime, rec.SystemTime = &ut, &stime
+		if !sc.boot.IsZero() {
 			// Whole seconds: btime itself is whole seconds, so a fraction
 			// from the ticks would be precision the kernel never had.
-			sec := boot.Unix() + int64(st.Starttime/userHZ)
+			sec := sc.boot.Unix() + int64(st.Starttime/userHZ)
 			rec.StartTime = &sec
 			rec.StartTimeRFC3339 = time.Unix(sec, 0).UTC().Format(time.RFC3339)
 		}
 	}
 
-	if status, err := p.NewStatus(); err != nil {
+	if b, _, err := h.read(s, "status", maxSmallFile); err != nil {
 		if fail("status", err) {
 			return rec, true
 		}
+	} else if status, err := parseProcStatus(b); err != nil {
+		errs.add("status", err)
 	} else {
-		rec.UID, rec.EUID = &status.UIDs[0], &status.UIDs[1]
-		rec.GID, rec.EGID = &status.GIDs[0], &status.GIDs[1]
+		rec.UID, rec.EUID, rec.SUID = &status.UIDs[0], &status.UIDs[1], &status.UIDs[2]
+		rec.GID, rec.EGID, rec.SGID = &status.GIDs[0], &status.GIDs[1], &status.GIDs[2]
+		rec.ResidentSize, rec.TotalSize = &status.VmRSS, &status.VmSize
+		if status.HaveCapEff {
+			rec.CapEffective = fmt.Sprintf("%016x", status.CapEff)
+			rec.CapEffNames = capList(status.CapEff)
+		}
+		if n := len(status.NSpid); n > 0 {
+			rec.NSPid = &status.NSpid[n-1]
+		}
 	}
 
-	if args, err := p.CmdLine(); err != nil {
+	if b, truncated, err := h.readStream(s, "cmdline", maxCmdline); err != nil {
 		if fail("cmdline", err) {
 			return rec, true
 		}
 	} else {
-		rec.CmdlineArgs = args
-		rec.Cmdline = strings.Join(args, " ")
+		rec.CmdlineArgs = splitCmdline(b)
+		rec.Cmdline = strings.Join(rec.CmdlineArgs, " ")
+		rec.CmdlineTruncated = truncated
 	}
 
-	// Executable reports a kernel thread, which has no exe, as "" and no
-	// error, so an empty path with exe_deleted false means "no binary".
-	if exe, err := p.Executable(); err != nil {
-		if fail("path", err) {
+	// A kernel thread has no exe (ENOENT with the process alive): an
+	// empty path with exe_deleted false means "no binary".
+	if target, err := h.readlink(s, "exe"); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			if fail("path", err) {
+				return rec, true
+			}
+		} else if p.gone(err) {
+			return rec, true
+		} else {
+			f := false
+			rec.ExeDeleted = &f
+		}
+	} else {
+		sum, id, herr := sc.hashes.hash(h)
+		if herr != nil {
+			if fail("exe_sha256", herr) {
+				return rec, true
+			}
+		} else {
+			rec.ExeSHA256 = &sum
+		}
+		path, deleted := deletedTarget(p, target, id)
+		rec.Path, rec.ExeDeleted = path, &deleted
+	}
+
+	for _, l := range []struct {
+		name string
+		dst  *string
+	}{{"cwd", &rec.Cwd}, {"root", &rec.Root}} {
+		target, err := h.readlink(s, l.name)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			if fail(l.name, err) {
+				return rec, true
+			}
+		}
+		*l.dst = target
+	}
+
+	if b, _, err := h.read(s, "cgroup", maxSmallFile); err != nil {
+		if fail("cgroup", err) {
 			return rec, true
 		}
 	} else {
-		path, deleted := strings.CutSuffix(exe, deletedSuffix)
-		rec.Path = path
-		rec.ExeDeleted = &deleted
+		cg := parseCgroup(b)
+		rec.CgroupPath = cg.Path
+		rec.ContainerID, rec.ContainerRuntime = cg.Container.ID, cg.Container.Runtime
+		rec.ECSTaskID, rec.PodUID = cg.Container.ECSTaskID, cg.Container.PodUID
 	}
 
-	rec.Error = strings.Join(errs, "; ")
+	for _, ns := range []struct {
+		kind string
+		dst  **uint64
+	}{
+		{"cgroup", &rec.CgroupNamespace}, {"ipc", &rec.IPCNamespace}, {"mnt", &rec.MntNamespace},
+		{"net", &rec.NetNamespace}, {"pid", &rec.PIDNamespace}, {"user", &rec.UserNamespace},
+		{"uts", &rec.UTSNamespace},
+	} {
+		ino, err := h.namespace(s, ns.kind)
+		if err != nil {
+			// Kernels without a namespace type simply lack its link.
+			if !errors.Is(err, os.ErrNotExist) && fail(ns.kind+"_namespace", err) {
+				return rec, true
+			}
+			continue
+		}
+		*ns.dst = &ino
+	}
+
+	if b, _, err := h.read(s, "loginuid", 32); err == nil {
+		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
+			rec.LoginUID = &v
+		}
+	} else if !errors.Is(err, os.ErrNotExist) && fail("login_uid", err) {
+		return rec, true
+	}
+
+	if sc.opts.withEnv {
+		if b, truncated, err := h.readStream(s, "environ", maxEnviron); err != nil {
+			if fail("environment", err) {
+				return rec, true
+			}
+		} else {
+			env := parseEnviron(b, sc.opts.unredacted)
+			rec.Environment, rec.EnvTruncated = &env, truncated
+		}
+	}
+
+	var mnt uint64
+	if rec.MntNamespace != nil {
+		mnt = *rec.MntNamespace
+	}
+	names := sc.names.forProcess(p, mnt)
+	rec.User, rec.EUser = names.user(rec.UID), names.user(rec.EUID)
+	rec.Group, rec.EGroup = names.group(rec.GID), names.group(rec.EGID)
+
+	rec.Error = errs.String()
 	return rec, false
 }
 
-// vanished reports an error that means the process exited while it was being
-// read: its /proc directory is gone (ENOENT) or the kernel refuses to look
-// into a task that is being torn down (ESRCH).
-func vanished(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
+// splitCmdline splits /proc/PID/cmdline into argv. A process may rewrite
+// its argument area (setproctitle), leaving one string with spaces and no
+// NULs; that is kept as one argument, as ps shows it.
+func splitCmdline(b []byte) []string {
+	b = bytes.TrimRight(b, "\x00")
+	if len(b) == 0 {
+		return []string{}
+	}
+	parts := bytes.Split(b, []byte{0})
+	args := make([]string, len(parts))
+	for i, p := range parts {
+		args[i] = string(p)
+	}
+	return args
+}
+
+// exeHasher hashes executables once per distinct file. A host runs many
+// copies of few binaries (a thousand workers of one server), so the scan
+// costs one read per binary, not per process. The key is the file's
+// identity and version as fstat sees it through /proc/PID/exe, which for a
+// deleted binary is still the running image.
+type exeHasher struct {
+	mu sync.Mutex
+	m  map[exeKey]*exeHash
+}
+
+type exeKey struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+}
+
+type exeHash struct {
+	once sync.Once
+	sum  string
+	err  error
+}
+
+func newExeHasher() *exeHasher { return &exeHasher{m: map[exeKey]*exeHash{}} }
+
+func (h *exeHasher) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.m)
+}
+
+// hash returns the SHA-256 of the file behind h's exe link and its
+// identity.
+func (h *exeHasher) hash(ph procHandle) (string, *fileID, error) {
+	display := ph.dir + "/exe"
+	// stat first: a host runs few binaries many times, and a cached hash
+	// then costs one system call, not three.
+	var st unix.Stat_t
+	if err := statAt(ph.fd, "exe", display, &st); err != nil {
+		return "", nil, err
+	}
+	id := &fileID{dev: st.Dev, ino: st.Ino}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "", id, fmt.Errorf("%s is not a regular file", display)
+	}
+	if st.Size > maxExeHash {
+		return "", id, fmt.Errorf("%s is %d bytes, more than the %d hashed", display, st.Size, maxExeHash)
+	}
+	key := exeKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+	h.mu.Lock()
+	e := h.m[key]
+	if e == nil {
+		e = &exeHash{}
+		h.m[key] = e
+	}
+	h.mu.Unlock()
+	e.once.Do(func() { e.sum, e.err = hashExe(ph, display, key) })
+	return e.sum, id, e.err
+}
+
+// hashExe reads the binary behind ph's exe link, checking that it is still
+// the file key describes.
+func hashExe(ph procHandle, display string, key exeKey) (string, error) {
+	const flags = unix.O_RDONLY | unix.O_NOCTTY | unix.O_CLOEXEC
+	// O_NOATIME keeps the binary's access time, itself evidence, where the
+	// kernel allows it (owner or CAP_FOWNER).
+	fd, err := retryEINTR(func() (int, error) { return unix.Openat(ph.fd, "exe", flags|unix.O_NOATIME, 0) })
+	if errors.Is(err, unix.EPERM) {
+		fd, err = retryEINTR(func() (int, error) { return unix.Openat(ph.fd, "exe", flags, 0) })
+	}
+	if err != nil {
+		return "", &fs.PathError{Op: "open", Path: display, Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "", &fs.PathError{Op: "fstat", Path: display, Err: err}
+	}
+	if st.Dev != key.dev || st.Ino != key.ino {
+		return "", fmt.Errorf("%s changed while it was hashed", display)
+	}
+	sum := sha256.New()
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := retryEINTR(func() (int, error) { return unix.Read(fd, buf) })
+		if err != nil {
+			return "", &fs.PathError{Op: "read", Path: display, Err: err}
+		}
+		if n == 0 {
+			break
+		}
+		sum.Write(buf[:n])
+	}
+	return hex.EncodeToString(sum.Sum(nil)), nil
 }

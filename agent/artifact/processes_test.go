@@ -3,18 +3,22 @@ package artifact
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"github.com/custodyhq/custody/internal/testenv"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/custodyhq/custody/internal/testenv"
 )
 
 // lines splits JSON Lines output and fails on any line that is not one
@@ -59,38 +63,59 @@ func TestProcessesGolden(t *testing.T) {
 	for _, r := range recs {
 		pids = append(pids, r.PID)
 	}
-	if diff := cmp.Diff([]int{1, 2, 4242, 31337}, pids); diff != "" {
+	if diff := cmp.Diff([]int{1, 2, 777, 778, 4242, 31337}, pids); diff != "" {
 		t.Errorf("pids (-want +got):\n%s", diff)
 	}
-	want := Result{Source: "procfs:" + filepath.Join("testdata", "proc"), Records: 4}
-	if diff := cmp.Diff(want, res); diff != "" {
-		t.Errorf("Result (-want +got):\n%s", diff)
+	if res.Source != "procfs:"+filepath.Join("testdata", "proc") || res.Records != 6 {
+		t.Errorf("Result = %+v", res)
+	}
+	// The hostile process's exe does not exist on this machine, and says so.
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "pid 4242: exe_sha256:") {
+		t.Errorf("warnings = %q, want one for pid 4242's unreadable exe", res.Warnings)
+	}
+	for k, want := range map[string]string{"processes_scanned": "6", "processes_vanished": "0", "errors": "1", "exe_hashed": "3", "environment": "not collected"} {
+		if res.Details[k] != want {
+			t.Errorf("Details[%s] = %q, want %q (all: %v)", k, res.Details[k], want, res.Details)
+		}
+	}
+	if _, err := strconv.Atoi(res.Details["scan_duration_ms"]); err != nil {
+		t.Errorf("Details[scan_duration_ms] = %q: %v", res.Details["scan_duration_ms"], err)
 	}
 }
 
 func TestProcessesFields(t *testing.T) {
 	out, _ := collect(t, "processes", fakeEnv(), nil)
-	recs := decodeProcesses(t, out)
 	byPID := map[int]processRecord{}
-	for _, r := range recs {
+	for _, r := range decodeProcesses(t, out) {
 		byPID[r.PID] = r
 	}
+	sha := func(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
 	deleted := byPID[31337]
-	if deleted.Path != "/dev/shm/kworker" || deleted.ExeDeleted == nil || !*deleted.ExeDeleted {
+	if deleted.Path != "../../dev/shm/kworker" || deleted.ExeDeleted == nil || !*deleted.ExeDeleted {
 		t.Errorf("pid 31337 path %q exe_deleted %v, want the suffix stripped and true", deleted.Path, deleted.ExeDeleted)
+	}
+	// The deleted binary is still hashed, through the exe link.
+	if deleted.ExeSHA256 == nil || *deleted.ExeSHA256 != sha("fake self-deleting implant\n") {
+		t.Errorf("pid 31337 exe_sha256 = %v", deleted.ExeSHA256)
 	}
 	// btime 1700000000 plus 123456 ticks of 10 ms.
 	if deleted.StartTime == nil || *deleted.StartTime != 1700001234 || deleted.StartTimeRFC3339 != "2023-11-14T22:33:54Z" {
 		t.Errorf("pid 31337 start_time %v %q", deleted.StartTime, deleted.StartTimeRFC3339)
 	}
-	if deleted.UID == nil || *deleted.UID != 33 || deleted.Parent == nil || *deleted.Parent != 4242 {
-		t.Errorf("pid 31337 uid %v parent %v", deleted.UID, deleted.Parent)
+	if deleted.UID == nil || *deleted.UID != 33 || deleted.Parent == nil || *deleted.Parent != 4242 || deleted.User != "www-data" {
+		t.Errorf("pid 31337 uid %v user %q parent %v", deleted.UID, deleted.User, deleted.Parent)
+	}
+	// Hybrid cgroup host: the unified line says "/", v1 says where it is.
+	wantECS := "8ac6a5a8c1f24e1c9c85b3a4e6e7c5c1"
+	if deleted.ECSTaskID != wantECS || deleted.ContainerID != wantECS+"-3677734812" || deleted.ContainerRuntime != "ecs" ||
+		deleted.CgroupPath != "/ecs/"+wantECS+"/"+wantECS+"-3677734812" {
+		t.Errorf("pid 31337 cgroup %q container %q %q task %q", deleted.CgroupPath, deleted.ContainerID, deleted.ContainerRuntime, deleted.ECSTaskID)
 	}
 
 	kthread := byPID[2]
-	if kthread.Path != "" || kthread.CmdlineArgs == nil || len(kthread.CmdlineArgs) != 0 || kthread.Error != "" {
-		t.Errorf("kernel thread = %+v, want no path, empty (not null) args, no error", kthread)
+	if kthread.Path != "" || kthread.CmdlineArgs == nil || len(kthread.CmdlineArgs) != 0 || kthread.Error != "" || kthread.ExeSHA256 != nil {
+		t.Errorf("kernel thread = %+v, want no path, no hash, empty (not null) args, no error", kthread)
 	}
 
 	// The hostile process: ")" inside comm must not shift the stat fields,
@@ -102,53 +127,169 @@ func TestProcessesFields(t *testing.T) {
 	if len(evil.CmdlineArgs) != 5 || evil.CmdlineArgs[0] != "./x\nfake line" {
 		t.Errorf("pid 4242 cmdline_args %q", evil.CmdlineArgs)
 	}
-	if evil.EUID == nil || *evil.EUID != 0 || evil.UID == nil || *evil.UID != 1000 {
-		t.Errorf("pid 4242 uid %v euid %v, want 1000 and 0 (setuid)", evil.UID, evil.EUID)
+	if evil.EUID == nil || *evil.EUID != 0 || evil.UID == nil || *evil.UID != 1000 || evil.User != "alice" || evil.EUser != "root" {
+		t.Errorf("pid 4242 uid %v (%q) euid %v (%q), want 1000 alice and 0 root (setuid)", evil.UID, evil.User, evil.EUID, evil.EUser)
+	}
+	if evil.LoginUID == nil || *evil.LoginUID != 1000 || evil.Cwd != "/tmp" {
+		t.Errorf("pid 4242 login_uid %v cwd %q", evil.LoginUID, evil.Cwd)
+	}
+	if evil.Environment != nil {
+		t.Errorf("environment collected without with_env: %q", *evil.Environment)
+	}
+
+	// The container: its own namespaces, its own passwd, its pid inside.
+	nginx := byPID[778]
+	wantCID := "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00998877665544332211"
+	if nginx.ContainerID != wantCID || nginx.ContainerRuntime != "docker" || nginx.CgroupPath != "/system.slice/docker-"+wantCID+".scope" {
+		t.Errorf("pid 778 container %q runtime %q cgroup %q", nginx.ContainerID, nginx.ContainerRuntime, nginx.CgroupPath)
+	}
+	if nginx.User != "nginx" || nginx.Group != "nginx" || *nginx.UID != 101 {
+		t.Errorf("pid 778 uid %v user %q group %q, want 101 resolved in the container's /etc/passwd", *nginx.UID, nginx.User, nginx.Group)
+	}
+	host := byPID[1]
+	if nginx.NSPid == nil || *nginx.NSPid != 7 || nginx.PIDNamespace == nil || *nginx.PIDNamespace == *host.PIDNamespace ||
+		*nginx.NetNamespace != 4026532305 || *nginx.UserNamespace != *host.UserNamespace {
+		t.Errorf("pid 778 ns_pid %v pid_ns %v net_ns %v user_ns %v", nginx.NSPid, nginx.PIDNamespace, nginx.NetNamespace, nginx.UserNamespace)
+	}
+	// setproctitle leaves one string with spaces and no NULs: one argument.
+	if diff := cmp.Diff([]string{"nginx: worker process"}, nginx.CmdlineArgs); diff != "" {
+		t.Errorf("pid 778 cmdline_args (-want +got):\n%s", diff)
+	}
+	if nginx.ResidentSize == nil || *nginx.ResidentSize != 2800*1024 || *nginx.TotalSize != 10740*1024 ||
+		*nginx.UserTime != 120 || *nginx.SystemTime != 340 {
+		t.Errorf("pid 778 rss %v total %v utime %v stime %v", nginx.ResidentSize, nginx.TotalSize, nginx.UserTime, nginx.SystemTime)
+	}
+	master := byPID[777]
+	wantCaps := []string{"cap_chown", "cap_dac_override", "cap_fowner", "cap_fsetid", "cap_kill", "cap_setgid", "cap_setuid",
+		"cap_setpcap", "cap_net_bind_service", "cap_net_raw", "cap_sys_chroot", "cap_mknod", "cap_audit_write", "cap_setfcap"}
+	if diff := cmp.Diff(wantCaps, master.CapEffNames); diff != "" || master.CapEffective != "00000000a80425fb" {
+		t.Errorf("pid 777 cap_effective %q, names (-want +got):\n%s", master.CapEffective, diff)
+	}
+	if host.ExeSHA256 == nil || *host.ExeSHA256 != sha("fake systemd image\n") || host.LoginUID == nil || *host.LoginUID != 4294967295 {
+		t.Errorf("pid 1 exe_sha256 %v login_uid %v", host.ExeSHA256, host.LoginUID)
+	}
+	if len(host.CapEffNames) != len(capNames) {
+		t.Errorf("pid 1 has %d capabilities named, want all %d", len(host.CapEffNames), len(capNames))
+	}
+}
+
+func TestProcessesEnvironment(t *testing.T) {
+	tests := []struct {
+		params Params
+		want   []string
+		detail string
+	}{
+		{Params{"with_env": "true"}, []string{
+			"AWS_SECRET_ACCESS_KEY=<redacted>", "DATABASE_URL=postgres://app:<redacted>@db:5432/x",
+			"PWD=/tmp", "LD_PRELOAD=/tmp/libevil.so", "NOEQUALS",
+		}, "redacted"},
+		{Params{"with_env": "1", "env_unredacted": "true"}, []string{
+			"AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI", "DATABASE_URL=postgres://app:hunter2@db:5432/x",
+			"PWD=/tmp", "LD_PRELOAD=/tmp/libevil.so", "NOEQUALS",
+		}, "unredacted"},
+		// Asking for unredacted values is asking for the environment.
+		{Params{"env_unredacted": "true"}, []string{
+			"AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI", "DATABASE_URL=postgres://app:hunter2@db:5432/x",
+			"PWD=/tmp", "LD_PRELOAD=/tmp/libevil.so", "NOEQUALS",
+		}, "unredacted"},
+	}
+	for _, tt := range tests {
+		out, res := collect(t, "processes", fakeEnv(), tt.params)
+		for _, r := range decodeProcesses(t, out) {
+			if r.PID != 4242 {
+				continue
+			}
+			if r.Environment == nil {
+				t.Fatalf("%v: no environment", tt.params)
+			}
+			if diff := cmp.Diff(tt.want, *r.Environment); diff != "" {
+				t.Errorf("%v: environment (-want +got):\n%s", tt.params, diff)
+			}
+		}
+		if res.Details["environment"] != tt.detail {
+			t.Errorf("%v: Details[environment] = %q, want %q", tt.params, res.Details["environment"], tt.detail)
+		}
+	}
+
+	k, _ := Lookup("processes")
+	_, err := k.Collect(context.Background(), fakeEnv(), Params{"with_env": "yes please"}, io.Discard)
+	if !errors.Is(err, ErrBadParam) {
+		t.Errorf("with_env=\"yes please\": err = %v, want ErrBadParam", err)
+	}
+}
+
+func TestProcessesHostileCmdlineCapped(t *testing.T) {
+	env := copyFixture(t, t.TempDir())
+	huge := bytes.Repeat([]byte("A\x00\n\xff"), 1<<20)
+	if err := os.WriteFile(filepath.Join(env.ProcRoot, "4242", "cmdline"), huge, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := collect(t, "processes", env, nil)
+	for _, r := range decodeProcesses(t, out) {
+		if r.PID != 4242 {
+			continue
+		}
+		if !r.CmdlineTruncated || len(r.Cmdline) > maxCmdline*2 {
+			t.Errorf("cmdline of %d bytes: truncated %v, kept %d bytes", len(huge), r.CmdlineTruncated, len(r.Cmdline))
+		}
 	}
 }
 
 // TestProcessesVanished models a process that exits between the listing and
 // the read: it is left out without a warning.
 func TestProcessesVanished(t *testing.T) {
-	root := t.TempDir()
-	copyTree(t, filepath.Join("testdata", "proc"), root)
-	if err := os.Remove(filepath.Join(root, "4242", "status")); err != nil {
-		t.Fatal(err)
+	env := copyFixture(t, t.TempDir())
+	for _, pid := range []string{"4242", "31337"} {
+		if err := os.RemoveAll(filepath.Join(env.ProcRoot, pid)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := os.RemoveAll(filepath.Join(root, "31337")); err != nil {
-		t.Fatal(err)
-	}
-	env := fakeEnv()
-	env.ProcRoot = root
-	out, res := collect(t, "processes", env, nil)
+	// The listing happens before the read; a directory listed and gone by
+	// the time it is read is what a real exit looks like.
 	var pids []int
-	for _, r := range decodeProcesses(t, out) {
-		pids = append(pids, r.PID)
+	sc := &processScanner{env: env.withDefaults(), hashes: newExeHasher(), names: newNameResolver(env, 0)}
+	for _, pid := range []int{1, 2, 777, 778, 4242, 31337} {
+		if l := sc.read(newScratch(), pid); !l.gone {
+			pids = append(pids, pid)
+		}
 	}
-	if diff := cmp.Diff([]int{1, 2}, pids); diff != "" {
+	if diff := cmp.Diff([]int{1, 2, 777, 778}, pids); diff != "" {
 		t.Errorf("pids (-want +got):\n%s", diff)
 	}
-	if res.Records != 2 || len(res.Warnings) != 0 {
-		t.Errorf("Result = %+v, want 2 records and no warnings", res)
+}
+
+// TestProcessesMissingFileIsNotExit: a missing file inside a live process
+// directory (a damaged or partial /proc) is an error on that column, not a
+// reason to drop the process.
+func TestProcessesMissingFileIsNotExit(t *testing.T) {
+	env := copyFixture(t, t.TempDir())
+	if err := os.Remove(filepath.Join(env.ProcRoot, "777", "status")); err != nil {
+		t.Fatal(err)
+	}
+	out, res := collect(t, "processes", env, nil)
+	for _, r := range decodeProcesses(t, out) {
+		if r.PID == 777 && (!strings.HasPrefix(r.Error, "status: ") || r.UID != nil || r.Name != "nginx") {
+			t.Errorf("pid 777 = uid %v name %q error %q, want the status error and the rest", r.UID, r.Name, r.Error)
+		}
+	}
+	if res.Details["processes_vanished"] != "0" {
+		t.Errorf("Details = %v", res.Details)
 	}
 }
 
 func TestProcessesNoBootTime(t *testing.T) {
-	root := t.TempDir()
-	copyTree(t, filepath.Join("testdata", "proc"), root)
-	if err := os.Remove(filepath.Join(root, "stat")); err != nil {
+	env := copyFixture(t, t.TempDir())
+	if err := os.Remove(filepath.Join(env.ProcRoot, "stat")); err != nil {
 		t.Fatal(err)
 	}
-	env := fakeEnv()
-	env.ProcRoot = root
 	out, res := collect(t, "processes", env, nil)
 	for _, r := range decodeProcesses(t, out) {
 		if r.StartTime != nil || r.StartTimeRFC3339 != "" || r.Name == "" {
 			t.Errorf("pid %d: start_time %v %q name %q, want no start time but the rest", r.PID, r.StartTime, r.StartTimeRFC3339, r.Name)
 		}
 	}
-	if res.Records != 4 || len(res.Warnings) != 1 {
-		t.Errorf("Result = %+v, want 4 records and one warning", res)
+	if res.Records != 6 || len(res.Warnings) != 2 || !strings.Contains(res.Warnings[0], "start_time unavailable") {
+		t.Errorf("Result = %+v, want 6 records, the boot time warning and pid 4242's exe", res)
 	}
 }
 
@@ -170,10 +311,12 @@ func TestProcessesPermissionDenied(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	root := filepath.Join(dir, "proc")
-	copyTree(t, filepath.Join("testdata", "proc"), root)
-	if err := os.Chmod(filepath.Join(root, "31337", "status"), 0); err != nil {
-		t.Fatal(err)
+	root := filepath.Join(dir, "fixture")
+	copyFixture(t, root)
+	for _, f := range []string{"proc/31337/status", "proc/31337/maps", "proc/4242/fd"} {
+		if err := os.Chmod(filepath.Join(root, f), 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, d := range []string{dir, root} {
 		if err := os.Chmod(d, 0o755); err != nil {
@@ -203,20 +346,26 @@ func TestProcessesPermissionDenied(t *testing.T) {
 	}
 }
 
+// checkPermissionDenied runs where the kernel refuses reads: a refused
+// file costs its columns or records, never the process or the scan.
 func checkPermissionDenied(t *testing.T, root string) {
 	env := fakeEnv()
-	env.ProcRoot = root
+	env.ProcRoot, env.HostRoot = filepath.Join(root, "proc"), root
 	out, res := collect(t, "processes", env, nil)
 	recs := decodeProcesses(t, out)
-	if len(recs) != 4 {
-		t.Fatalf("got %d records, want all 4: a refused field must not drop the process", len(recs))
+	if len(recs) != 6 {
+		t.Fatalf("got %d records, want all 6: a refused field must not drop the process", len(recs))
 	}
 	var denied processRecord
 	for _, r := range recs {
-		if r.PID == 31337 {
+		switch r.PID {
+		case 31337:
 			denied = r
-		} else if r.Error != "" {
-			t.Errorf("pid %d: unexpected error %q", r.PID, r.Error)
+		case 4242: // its exe is not on this machine
+		default:
+			if r.Error != "" {
+				t.Errorf("pid %d: unexpected error %q", r.PID, r.Error)
+			}
 		}
 	}
 	if denied.UID != nil || denied.GID != nil || denied.EUID != nil || denied.EGID != nil {
@@ -225,11 +374,33 @@ func checkPermissionDenied(t *testing.T, root string) {
 	if !strings.HasPrefix(denied.Error, "status: ") || !strings.Contains(denied.Error, "permission denied") {
 		t.Errorf("pid 31337 error = %q, want a status permission error", denied.Error)
 	}
-	if denied.Name != "kworker" || denied.Path != "/dev/shm/kworker" {
-		t.Errorf("pid 31337 lost readable fields: name %q path %q", denied.Name, denied.Path)
+	if denied.Name != "kworker" || denied.Path != "../../dev/shm/kworker" || denied.ExeSHA256 == nil {
+		t.Errorf("pid 31337 lost readable fields: name %q path %q hash %v", denied.Name, denied.Path, denied.ExeSHA256)
 	}
-	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "pid 31337") {
-		t.Errorf("warnings = %q, want one naming pid 31337", res.Warnings)
+	if len(res.Warnings) != 2 || !strings.Contains(res.Warnings[1], "pid 31337") {
+		t.Errorf("warnings = %q, want pid 4242's exe and pid 31337's status", res.Warnings)
+	}
+
+	out, res = collect(t, "memory_maps", env, nil)
+	var mapErrs []string
+	for _, r := range decodeLines[memoryMapRecord](t, out) {
+		if r.PID == 31337 {
+			mapErrs = append(mapErrs, r.Error)
+		}
+	}
+	if len(mapErrs) != 1 || !strings.Contains(mapErrs[0], "permission denied") || res.Details["errors"] == "0" {
+		t.Errorf("pid 31337 maps records = %q, errors %s; want one permission error", mapErrs, res.Details["errors"])
+	}
+
+	out, _ = collect(t, "open_files", env, nil)
+	var fdErrs []string
+	for _, r := range decodeLines[openFileRecord](t, out) {
+		if r.PID == 4242 {
+			fdErrs = append(fdErrs, r.Error)
+		}
+	}
+	if len(fdErrs) != 1 || !strings.Contains(fdErrs[0], "permission denied") {
+		t.Errorf("pid 4242 open_files records = %q, want one permission error", fdErrs)
 	}
 }
 

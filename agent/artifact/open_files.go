@@ -1,0 +1,253 @@
+package artifact
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	register(Kind{
+		Name:    "open_files",
+		Ext:     "jsonl",
+		Doc:     "one JSON line per open file descriptor (osquery process_open_files plus type, deleted, flags, position, inode, device)",
+		Collect: collectOpenFiles,
+	})
+}
+
+// openFileRecord is one descriptor. type is one of regular, dir, socket,
+// pipe, anon_inode, memfd, device, symlink (an O_PATH descriptor on a
+// link) or unknown. deleted means the kernel marks the file unlinked: a
+// binary or payload removed after it was opened, and every memfd, which
+// never had a name on disk. flags are the open file description's status
+// flags in octal as fdinfo prints them, with the access mode and the names
+// of the rest spelled out beside them.
+type openFileRecord struct {
+	PID       int      `json:"pid"`
+	FD        *int     `json:"fd"`
+	Path      string   `json:"path"`
+	Type      string   `json:"type"`
+	Deleted   bool     `json:"deleted"`
+	Flags     string   `json:"flags"`
+	Access    string   `json:"access"`
+	FlagNames []string `json:"flag_names"`
+	Pos       *int64   `json:"pos"`
+	Inode     *uint64  `json:"inode"`
+	Device    string   `json:"device"`
+	MntID     *int64   `json:"mnt_id"`
+	Size      *int64   `json:"size"` // regular files
+	Error     string   `json:"error,omitempty"`
+}
+
+func collectOpenFiles(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
+	res := Result{Source: "procfs:" + env.ProcRoot}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	stats := newSnapshotStats(env)
+	warn := warnings{log: env.Logger}
+	pids, err := snapshotPIDs(env.ProcRoot)
+	if err != nil {
+		return res, fmt.Errorf("open_files: %w", err)
+	}
+	var fds int
+	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
+		return readOpenFiles(newSnapProc(env.ProcRoot, pids[i]), s)
+	}, func(b procBatch) error {
+		return b.emit(w, stats, &warn, &res, &fds)
+	})
+	res.Warnings = warn.result()
+	stats.extra["descriptors"] = strconv.Itoa(fds)
+	res.Details = stats.details()
+	if err != nil {
+		return res, fmt.Errorf("open_files: %w", err)
+	}
+	return res, nil
+}
+
+func readOpenFiles(p snapProc, s *scratch) procBatch {
+	out := newProcBatch(p.pid)
+	// Permission denied (or worse) on the whole table: one record says
+	// so, and the scan goes on.
+	tableError := func(err error) procBatch {
+		if p.gone(err) {
+			return procBatch{pid: p.pid, gone: true}
+		}
+		out.add(openFileRecord{PID: p.pid, FlagNames: []string{}, Error: "fd: " + err.Error()}, "fd: "+err.Error())
+		return out.done()
+	}
+	h, err := openProc(p)
+	if err != nil {
+		return tableError(err)
+	}
+	defer h.close()
+	t, err := openFDTable(h)
+	if err != nil {
+		return tableError(err)
+	}
+	defer t.close()
+	fds, err := s.listNumeric(t.fdDir, h.dir+"/fd")
+	if err != nil {
+		return tableError(err)
+	}
+	for _, fd := range fds {
+		rec, skip := t.readOpenFile(s, fd)
+		if skip {
+			continue
+		}
+		out.add(rec, rec.Error)
+	}
+	return out.done()
+}
+
+// fdTable is a process's open fd and fdinfo directories.
+type fdTable struct {
+	h              procHandle
+	fdDir, infoDir int
+}
+
+func openFDTable(h procHandle) (fdTable, error) {
+	t := fdTable{h: h, infoDir: -1}
+	var err error
+	if t.fdDir, err = h.openSubdir("fd"); err != nil {
+		return t, err
+	}
+	// fdinfo is opened lazily per descriptor below it; failing to open the
+	// directory leaves each record's fdinfo error to say so.
+	t.infoDir, _ = retryEINTR(func() (int, error) {
+		return unix.Openat(h.fd, "fdinfo", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	})
+	return t, nil
+}
+
+func (t fdTable) close() {
+	unix.Close(t.fdDir)
+	if t.infoDir >= 0 {
+		unix.Close(t.infoDir)
+	}
+}
+
+// readOpenFile reads descriptor fd of process p, for callers outside a scan.
+func readOpenFile(p snapProc, fd int) (openFileRecord, bool) {
+	s := newScratch()
+	h, err := openProc(p)
+	if err != nil {
+		return openFileRecord{}, true
+	}
+	defer h.close()
+	t, err := openFDTable(h)
+	if err != nil {
+		return openFileRecord{}, true
+	}
+	defer t.close()
+	return t.readOpenFile(s, fd)
+}
+
+// readOpenFile reads one descriptor. skip reports a descriptor closed while
+// it was read, which is normal churn, not an error.
+func (t fdTable) readOpenFile(s *scratch, fd int) (rec openFileRecord, skip bool) {
+	p := t.h.snapProc
+	rec = openFileRecord{PID: p.pid, FD: &fd, FlagNames: []string{}}
+	name := strconv.Itoa(fd)
+	target, err := s.readlink(t.fdDir, name, p.dir+"/fd/"+name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return rec, true
+		}
+		rec.Error = "path: " + err.Error()
+		return rec, false
+	}
+	var errs errorList
+	rec.Path = target
+	rec.Type = fdKind(target)
+
+	infoDir, infoName := t.infoDir, name
+	if infoDir < 0 {
+		infoDir, infoName = t.h.fd, "fdinfo/"+name
+	}
+	if b, _, err := s.readFile(infoDir, infoName, p.dir+"/fdinfo/"+name, maxSmallFile, false); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return rec, true
+		}
+		errs.add("fdinfo", err)
+	} else if fi, err := parseFDInfo(b); err != nil {
+		errs.add("fdinfo", err)
+	} else {
+		rec.Flags = "0" + strconv.FormatUint(fi.Flags, 8)
+		rec.Access, rec.FlagNames = describeOpenFlags(fi.Flags)
+		rec.Pos, rec.MntID = &fi.Pos, &fi.MntID
+		if fi.HasIno {
+			rec.Inode = &fi.Inode
+		}
+	}
+
+	// Sockets, pipes and anonymous inodes say what they are in their link;
+	// stat would add only their pseudo-filesystem's device. Everything else
+	// is stat'ed through the magic link, which reaches the open file
+	// itself, deleted or not, and never opens it: a FIFO cannot block.
+	var id *fileID
+	switch rec.Type {
+	case "socket", "pipe", "anon_inode":
+	default:
+		var st unix.Stat_t
+		if err := statAt(t.fdDir, name, p.dir+"/fd/"+name, &st); err != nil {
+			if rec.Type == "" {
+				rec.Type = "unknown"
+				errs.add("stat", err)
+			}
+			break
+		}
+		if rec.Type == "" {
+			rec.Type = fdFileType(fdModeFromStat(st.Mode))
+		}
+		if rec.Type == "regular" || rec.Type == "memfd" {
+			size := st.Size
+			rec.Size = &size
+		}
+		rec.Device = devString(st.Dev)
+		if rec.Inode == nil {
+			ino := st.Ino
+			rec.Inode = &ino
+		}
+		id = &fileID{dev: st.Dev, ino: st.Ino}
+	}
+	if rec.Inode == nil {
+		if ino, ok := bracketInode(target); ok {
+			rec.Inode = &ino
+		}
+	}
+	switch rec.Type {
+	case "socket", "pipe", "anon_inode":
+	default:
+		rec.Path, rec.Deleted = deletedTarget(p, target, id)
+	}
+	rec.Error = errs.String()
+	return rec, false
+}
+
+// fdModeFromStat converts a raw st_mode's type bits to an fs.FileMode.
+func fdModeFromStat(m uint32) fs.FileMode {
+	switch m & syscall.S_IFMT {
+	case syscall.S_IFDIR:
+		return fs.ModeDir
+	case syscall.S_IFLNK:
+		return fs.ModeSymlink
+	case syscall.S_IFIFO:
+		return fs.ModeNamedPipe
+	case syscall.S_IFSOCK:
+		return fs.ModeSocket
+	case syscall.S_IFCHR:
+		return fs.ModeDevice | fs.ModeCharDevice
+	case syscall.S_IFBLK:
+		return fs.ModeDevice
+	case syscall.S_IFREG:
+		return 0
+	}
+	return fs.ModeIrregular
+}
