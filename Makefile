@@ -31,6 +31,13 @@ test-go:
 e2e: build
 	$(GO) test -count=1 -v -run 'TestE2E' ./scripts/e2e/
 
+# test-vm: boot Debian's kernel under qemu with the real agent inside and
+# capture physical memory from /proc/kcore and LiME (make test runs it too).
+# Needs scripts/vm/ci-deps.sh run once as root.
+.PHONY: test-vm
+test-vm:
+	$(GO) test -count=1 -v -timeout 15m -run 'TestVM' ./scripts/vm/
+
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./scripts/bench/
 

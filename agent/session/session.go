@@ -22,6 +22,7 @@ import (
 
 	"github.com/custodyhq/custody/agent/artifact"
 	"github.com/custodyhq/custody/agent/enrol"
+	"github.com/custodyhq/custody/agent/preflight"
 	"github.com/custodyhq/custody/internal/pki"
 	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
 )
@@ -244,6 +245,7 @@ func (a *agent) session(ctx context.Context) error {
 	}
 	if err := send(&custodyv1.SessionRequest{Msg: &custodyv1.SessionRequest_Hello{Hello: &custodyv1.Hello{
 		Host: HostFacts(a.cfg.Env), Artifacts: artifact.Names(), AgentVersion: a.cfg.Version,
+		Preflight: preflight.Proto(preflight.Checks(a.cfg.Env)),
 	}}}); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -29,6 +30,7 @@ func run(ctx context.Context, args []string) error {
 		Version:       version,
 	}
 	root.AddCommand(runCmd(), collectCmd())
+	root.AddCommand(preflightCmd())
 	root.SetArgs(args)
 	return root.ExecuteContext(ctx)
 }
@@ -41,10 +43,15 @@ func newLogger(format string) *slog.Logger {
 	return slog.New(h)
 }
 
-// footprint keeps the agent a polite guest: few OS threads for Go code.
-func footprint(procs int) {
+// footprint keeps the agent a polite guest on a production host: few
+// threads for Go code, and a soft memory limit the garbage collector works
+// to stay under, whatever is being captured.
+func footprint(procs int, memLimitMiB int64) {
 	if procs > 0 {
 		runtime.GOMAXPROCS(procs)
+	}
+	if memLimitMiB > 0 {
+		debug.SetMemoryLimit(memLimitMiB << 20)
 	}
 }
 
@@ -52,6 +59,7 @@ func runCmd() *cobra.Command {
 	var cfg session.Config
 	var tokenFile, logFormat string
 	var procs int
+	var memLimit int64
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run as a daemon: enrol, keep a session to the collector, execute tasks",
@@ -61,7 +69,7 @@ $CUSTODY_JOIN_TOKEN or --join-token-file (never from the command line, where ps 
 show it), and keeps its key and certificate in --state-dir.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			footprint(procs)
+			footprint(procs, memLimit)
 			cfg.Logger = newLogger(logFormat)
 			cfg.Version = version
 			cfg.JoinToken = os.Getenv("CUSTODY_JOIN_TOKEN")
@@ -84,6 +92,7 @@ show it), and keeps its key and certificate in --state-dir.`,
 	f.StringVar(&cfg.Env.ProcRoot, "proc", "/proc", "procfs root")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.IntVar(&procs, "max-procs", 2, "GOMAXPROCS: CPU threads the agent may use (0: all)")
+	f.Int64Var(&memLimit, "memory-limit-mib", 48, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
 	f.DurationVar(&cfg.MaxBackoff, "max-backoff", time.Minute, "longest wait between reconnects")
 	return cmd
 }
@@ -96,9 +105,10 @@ func envOr(key, def string) string {
 }
 
 func collectCmd() *cobra.Command {
-	var out, caseID, reason, path, logFormat string
+	var out, caseID, reason, path, pid, logFormat string
 	var arts, params []string
 	var procs int
+	var memLimit int64
 	var env artifact.Env
 	cmd := &cobra.Command{
 		Use:   "collect",
@@ -107,7 +117,7 @@ func collectCmd() *cobra.Command {
   custody-agent collect --artifacts file --path /var/tmp/mem.lime --out /mnt/evidence/ir-1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			footprint(procs)
+			footprint(procs, memLimit)
 			if out == "" {
 				return errors.New("--out DIR is required")
 			}
@@ -117,6 +127,13 @@ func collectCmd() *cobra.Command {
 				p := artifact.Params{}
 				byName[a] = p
 				reqs = append(reqs, local.Request{Name: a, Params: p})
+			}
+			if pid != "" {
+				p, ok := byName["process_memory"]
+				if !ok {
+					return errors.New("--pid is the process_memory artifact's parameter; add process_memory to --artifacts")
+				}
+				p["pid"] = pid
 			}
 			if path != "" {
 				p, ok := byName["file"]
@@ -158,9 +175,11 @@ func collectCmd() *cobra.Command {
 	f.StringVar(&caseID, "case", "local", "case id recorded in the manifest")
 	f.StringVar(&reason, "reason", "", "why this evidence is collected")
 	f.StringVar(&path, "path", "", "path for the file artifact")
+	f.StringVar(&pid, "pid", "", "pids (comma list) for the process_memory artifact")
 	f.StringArrayVar(&params, "param", nil, "artifact parameter ARTIFACT.KEY=VALUE (repeatable)")
 	f.StringVar(&env.ProcRoot, "proc", "/proc", "procfs root")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.IntVar(&procs, "max-procs", 2, "GOMAXPROCS: CPU threads the agent may use (0: all)")
+	f.Int64Var(&memLimit, "memory-limit-mib", 48, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
 	return cmd
 }

@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custodyhq/custody/internal/testenv"
+	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
+	"github.com/custodyhq/custody/scripts/e2e"
+)
+
+// BenchmarkMemoryImage2GiB acquires a 2 GiB memory-like image (page by
+// page: 60% zero pages, 25% text-like, 15% random, from a fixed seed)
+// through the agent → collector pipeline (mTLS, zstd per chunk, both sides
+// hashing, fs store) and, in the same run on the same page-cached file:
+//
+//   - the AWS forensic orchestrator's pipeline,
+//     cat img | tee >(sha256sum > h) | gzip | cat > out
+//   - the local ceiling, zstd -1 < img | sha256sum
+//
+// The targets are at least 5x the first and 0.7x the second; they are
+// reported as x_of_orchestrator and x_of_zstd_ceiling, not asserted.
+func BenchmarkMemoryImage2GiB(b *testing.B) {
+	for _, tool := range []string{"bash", "gzip", "zstd", "sha256sum", "tee"} {
+		testenv.NeedTool(b, tool)
+	}
+	const size = 2 << 30
+	ctx := b.Context()
+	c := e2e.NewCluster(b, bin)
+	img := filepath.Join(c.Dir, "memory.img")
+	sum, err := writeMemoryImage(img, size, 6)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.Remove(img)
+	// Every contender reads the image from the page cache.
+	if got, _, err := e2e.HashFile(img); err != nil || got != sum {
+		b.Fatalf("warming the page cache: %v (sha256 %s, want %s)", err, got, sum)
+	}
+
+	ceiling := timeShell(b, ctx, `zstd -1 -q -c < "$1" | sha256sum > /dev/null`, img)
+	orchestrator := timeShell(b, ctx, `cat "$1" | tee >(sha256sum > "$2/h") | gzip | cat > "$2/out"`, img, b.TempDir())
+
+	collector := c.StartCollector("127.0.0.1:0")
+	agent := c.StartAgent("agent", c.Token(1))
+	agentID := c.WaitConnected(ctx, "")
+	var total time.Duration
+	var stored int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		r := c.MustCtl(ctx, "collect", "--agent", agentID, "--artifacts", "file", "--path", img,
+			"--case", "BENCH-MEM", "--reason", "make bench", "--wait", "--timeout", "20m", "-o", "json")
+		total += time.Since(start)
+		b.StopTimer()
+		col, err := e2e.ParseCollection(r.Stdout)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if col.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE || len(col.GetArtifacts()) != 1 {
+			b.Fatalf("collection is not complete: %v", col)
+		}
+		a := col.GetArtifacts()[0]
+		if a.GetRawSha256() != sum || a.GetRawSize() != size {
+			b.Fatalf("collected %d bytes sha256 %s; image is %d bytes sha256 %s", a.GetRawSize(), a.GetRawSha256(), size, sum)
+		}
+		stored = a.GetStoredSize()
+		if err := os.RemoveAll(c.CollectionDir("BENCH-MEM", agentID, col.GetCollectionId())); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	agentPeak, _ := agent.PeakRSS()
+	collectorPeak, _ := collector.PeakRSS()
+	agentCPU, collectorCPU := cpuSeconds(agent.Pid()), cpuSeconds(collector.Pid())
+	agent.Stop()
+	collector.Stop()
+
+	rate := float64(b.N) * size / mib / total.Seconds()
+	orchRate := size / mib / orchestrator.Seconds()
+	ceilRate := size / mib / ceiling.Seconds()
+	b.ReportMetric(rate, "MiB/s")
+	b.ReportMetric(orchRate, "orchestrator_MiB/s")
+	b.ReportMetric(ceilRate, "zstd_ceiling_MiB/s")
+	b.ReportMetric(rate/orchRate, "x_of_orchestrator")
+	b.ReportMetric(rate/ceilRate, "x_of_zstd_ceiling")
+	b.ReportMetric(agentCPU, "agent_cpu_s")
+	b.ReportMetric(collectorCPU, "collector_cpu_s")
+	b.Logf("2 GiB memory-like image: custody %.0f MiB/s (%.1fs, stored %.0f MiB, peak RSS agent %.0f MiB, collector %.0f MiB, CPU agent %.1fs, collector %.1fs); "+
+		"orchestrator cat|tee sha256sum|gzip %.0f MiB/s (%.1fs) -> %.1fx (target >= 5x); zstd -1|sha256sum %.0f MiB/s (%.1fs) -> %.2fx (target >= 0.7x)",
+		rate, total.Seconds()/float64(b.N), float64(stored)/mib, float64(agentPeak)/mib, float64(collectorPeak)/mib, agentCPU, collectorCPU,
+		orchRate, orchestrator.Seconds(), rate/orchRate, ceilRate, ceiling.Seconds(), rate/ceilRate)
+}
+
+// timeShell runs a bash pipeline with args as $1, $2, … and returns its
+// wall-clock time.
+func timeShell(b *testing.B, ctx context.Context, script string, args ...string) time.Duration {
+	b.Helper()
+	cmd := exec.CommandContext(ctx, "bash", append([]string{"-o", "pipefail", "-c", script, "bench"}, args...)...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	if err != nil {
+		b.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return took
+}
+
+// writeMemoryImage writes size bytes of 4 KiB pages, each zero (60%),
+// text-like (25%: log lines, paths, environment strings) or random (15%:
+// keys, compressed or encrypted data), chosen and filled from seed, and
+// returns the SHA-256 (hex).
+func writeMemoryImage(path string, size int64, seed uint64) (string, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var s [32]byte
+	binary.LittleEndian.PutUint64(s[:], seed)
+	rng := rand.NewChaCha8(s)
+	pick := rand.New(rand.NewPCG(seed, 7))
+	h := sha256.New()
+	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
+	const page = 4096
+	buf := make([]byte, page)
+	var text []byte
+	for done := int64(0); done < size; done += page {
+		switch p := pick.IntN(100); {
+		case p < 60:
+			clear(buf)
+		case p < 85:
+			text = text[:0]
+			for len(text) < page {
+				switch pick.IntN(3) {
+				case 0:
+					text = fmt.Appendf(text, "2026-11-22T07:%02d:%02d.%06dZ ip-10-0-%d-%d sshd[%d]: Accepted publickey for ec2-user from 10.0.%d.%d port %d ssh2\n",
+						pick.IntN(60), pick.IntN(60), pick.IntN(1e6), pick.IntN(4), pick.IntN(256), 1000+pick.IntN(60000), pick.IntN(256), pick.IntN(256), 1024+pick.IntN(64000))
+				case 1:
+					text = fmt.Appendf(text, "/usr/lib/x86_64-linux-gnu/lib%s.so.%d\x00", strings.Repeat("z", 1+pick.IntN(8)), pick.IntN(9))
+				default:
+					text = fmt.Appendf(text, "AWS_SESSION_TOKEN=%x\x00PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin\x00", pick.Uint64())
+				}
+			}
+			copy(buf, text)
+		default:
+			rng.Read(buf)
+		}
+		if _, err := w.Write(buf); err != nil {
+			return "", err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// cpuSeconds is the user+system CPU time a process has used so far, from
+// /proc/PID/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name, field 2, may hold spaces; fields count from after it.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	if !ok {
+		return 0
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
+}
