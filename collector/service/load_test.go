@@ -49,7 +49,9 @@ func TestLoadFanOut(t *testing.T) {
 		agents[i] = simAgent{id: resp.GetAgentId(), client: custodyv1.NewAgentServiceClient(e.dial(&cert))}
 	}
 
-	lctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Generous: under -race on a loaded 2-core CI machine, sealing 500
+	// collections (two fsynced files and a transaction each) takes a while.
+	lctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	var ready, started, done sync.WaitGroup
 	ready.Add(loadAgents)
@@ -106,7 +108,8 @@ func TestLoadFanOut(t *testing.T) {
 	started.Wait()
 	fanOut := time.Since(t0)
 	for _, col := range resp.GetCollections() {
-		if final := waitFinal(t, r, col.GetCollectionId()); final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
+		final := waitFinalCtx(t, lctx, r, col.GetCollectionId())
+		if final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
 			t.Fatalf("collection %s on %s: %s", col.GetCollectionId(), col.GetAgentId(), final.GetState())
 		}
 	}

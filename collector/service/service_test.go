@@ -86,7 +86,12 @@ func collect(t *testing.T, r custodyv1.ResponderServiceClient, agentID string, a
 // waitFinal watches a collection until it is final.
 func waitFinal(t *testing.T, r custodyv1.ResponderServiceClient, id string) *custodyv1.Collection {
 	t.Helper()
-	w, err := r.WatchCollection(ctx(t), &custodyv1.WatchCollectionRequest{CollectionId: id})
+	return waitFinalCtx(t, ctx(t), r, id)
+}
+
+func waitFinalCtx(t *testing.T, c context.Context, r custodyv1.ResponderServiceClient, id string) *custodyv1.Collection {
+	t.Helper()
+	w, err := r.WatchCollection(c, &custodyv1.WatchCollectionRequest{CollectionId: id})
 	if err != nil {
 		t.Fatal(err)
 	}
