@@ -13,7 +13,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION        := v0.8.2
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build test test-go check-proto lint proto breaking bench demo e2e fuzz tools clean
+.PHONY: all build test test-deps test-go check-proto lint proto breaking bench demo e2e fuzz tools clean
 
 all: build
 
@@ -23,7 +23,13 @@ build:
 # test: unit, integration and end-to-end tests with the race detector, plus
 # the check that generated code is fresh. CUSTODY_REQUIRE_ALL=1 (set by CI)
 # turns every "missing prerequisite" skip into a failure.
-test: check-proto test-go
+test: check-proto test-deps test-go
+
+# test-deps installs what the tests start themselves and can get without root
+# (versitygw for the S3 suite; idempotent). CI's .ci/run also runs every
+# scripts/*/ci-deps.sh as root (qemu, a kernel, lime.ko for make test-vm).
+test-deps:
+	bash scripts/s3/ci-deps.sh
 
 test-go:
 	$(GO) test -race -count=1 -timeout 20m ./...

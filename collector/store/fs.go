@@ -35,7 +35,11 @@ type FS struct {
 	root string
 }
 
-var _ Store = (*FS)(nil)
+var (
+	_ Store     = (*FS)(nil)
+	_ Resumable = (*FS)(nil)
+	_ Sweeper   = (*FS)(nil)
+)
 
 // NewFS returns a store rooted at dir, creating it (mode 0750) if needed.
 func NewFS(dir string) (*FS, error) {
@@ -280,6 +284,7 @@ type fsWriter struct {
 	f         *os.File // nil once the write is finished
 	h         hash.Hash
 	n         int64
+	broken    error // a Write failed part way: the file no longer ends on a Write boundary
 	committed *Info
 }
 
@@ -289,11 +294,15 @@ func (w *fsWriter) Write(p []byte) (int, error) {
 	if w.f == nil {
 		return 0, fmt.Errorf("store: write %s: %w", w.key, os.ErrClosed)
 	}
+	if w.broken != nil {
+		return 0, w.broken
+	}
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
 	w.n += int64(n)
 	if err != nil {
-		return n, fmt.Errorf("store: write %s: %w", w.key, err)
+		w.broken = fmt.Errorf("store: write %s: %w", w.key, err)
+		return n, w.broken
 	}
 	return n, nil
 }
@@ -322,6 +331,9 @@ func (w *fsWriter) Commit(ctx context.Context, size int64, sum []byte) (Info, er
 func (w *fsWriter) commit(ctx context.Context, size int64, sum []byte) (Info, error) {
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
+	}
+	if w.broken != nil {
+		return Info{}, w.broken
 	}
 	got := w.h.Sum(nil)
 	if size != w.n || !bytes.Equal(sum, got) {

@@ -255,3 +255,20 @@ func TestNewFSNotADirectory(t *testing.T) {
 		t.Error("NewFS on a regular file succeeded")
 	}
 }
+
+func TestFSResumable(t *testing.T) {
+	storetest.RunResumable(t, storetest.ResumeOptions{Size: 1 << 20, Write: 32 << 10}, func(t *testing.T) (store.Resumable, func(t *testing.T) store.Resumable) {
+		dir := t.TempDir()
+		s, err := store.NewFS(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, func(t *testing.T) store.Resumable {
+			s, err := store.NewFS(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+	})
+}

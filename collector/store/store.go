@@ -10,8 +10,12 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"strings"
 	"time"
@@ -206,4 +210,44 @@ type ResumableWriter interface {
 	// The state includes the running SHA-256 of the durable bytes, so Commit
 	// after Resume checks the whole object without rereading it.
 	Checkpoint(ctx context.Context) (state []byte, durable int64, err error)
+}
+
+// Sweeper is implemented by stores whose interrupted writes leave something
+// behind after a crash (an fs partial file, an S3 multipart upload that is
+// billed until aborted). The collector calls Sweep once at startup, before
+// it serves, with the Checkpoint states it still tracks.
+type Sweeper interface {
+	// Sweep discards every partial write that started before before and is
+	// not described by one of the states in keep (from Checkpoint). It
+	// returns how many it discarded. States it cannot parse are an error,
+	// not a reason to sweep less carefully: nothing is discarded then.
+	Sweep(ctx context.Context, keep [][]byte, before time.Time) (int, error)
+}
+
+// MarshalHash returns the running state of a SHA-256 from crypto/sha256, for
+// a checkpoint.
+func MarshalHash(h hash.Hash) ([]byte, error) {
+	m, ok := h.(encoding.BinaryMarshaler)
+	if !ok {
+		return nil, fmt.Errorf("store: %T cannot be checkpointed", h)
+	}
+	return m.MarshalBinary()
+}
+
+// ResumeHash restores a running SHA-256 from MarshalHash's state and checks
+// that it covers exactly size bytes, so a state paired with the wrong size
+// (or a truncated file) is caught before any byte is appended.
+func ResumeHash(state []byte, size int64) (hash.Hash, error) {
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		return nil, fmt.Errorf("store: checkpoint hash state: %w", err)
+	}
+	// crypto/sha256's state ends with the big-endian count of bytes hashed.
+	if len(state) < 8 {
+		return nil, errors.New("store: checkpoint hash state too short")
+	}
+	if n := binary.BigEndian.Uint64(state[len(state)-8:]); size < 0 || n != uint64(size) {
+		return nil, fmt.Errorf("store: checkpoint hash state covers %d bytes, checkpoint says %d", n, size)
+	}
+	return h, nil
 }

@@ -28,3 +28,9 @@ func renameNoReplace(oldpath, newpath string) error {
 func openNoFollow(name string) (*os.File, error) {
 	return os.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 }
+
+// openPartial reopens a partial file for a resumed write, refusing a
+// symlink planted in its place.
+func openPartial(name string) (*os.File, error) {
+	return os.OpenFile(name, os.O_RDWR|unix.O_NOFOLLOW, 0)
+}

@@ -11,3 +11,7 @@ func renameNoReplace(oldpath, newpath string) error {
 func openNoFollow(name string) (*os.File, error) {
 	return os.Open(name)
 }
+
+func openPartial(name string) (*os.File, error) {
+	return os.OpenFile(name, os.O_RDWR, 0)
+}

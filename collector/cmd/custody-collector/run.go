@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -83,22 +84,55 @@ func run(ctx context.Context, args []string) error {
 
 func serveCmd() *cobra.Command {
 	var p paths
-	var listen, readyFile, logFormat string
+	var listen, readyFile, logFormat, configFile string
 	var certTTL time.Duration
+	var memLimitMiB int64
+	var maxUploads int
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the agent and responder APIs (mutual TLS only)",
-		Args:  cobra.NoArgs,
+		Long: `serve runs the collector. Evidence goes to the local evidence directory
+(--evidence, default <data-dir>/evidence) unless --config names a file whose
+store section selects another store:
+
+  store:
+    type: s3
+    bucket: evidence-bucket
+    prefix: custody
+    kms_key_id: alias/custody-evidence
+    object_lock: {mode: COMPLIANCE, retain_days: 365}
+
+See the README's "Evidence in S3" for every key.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p.resolve()
+			var cfg fileConfig
+			if configFile != "" {
+				var err error
+				if cfg, err = loadConfig(configFile); err != nil {
+					return err
+				}
+				if cfg.Store != nil && cmd.Flags().Changed("evidence") {
+					return fmt.Errorf("--evidence and the store section of %s both choose the evidence store; keep one", configFile)
+				}
+			}
 			log := newLogger(logFormat)
-			return serve(cmd.Context(), p, listen, readyFile, certTTL, log)
+			if memLimitMiB > 0 {
+				// The collector's memory is bounded by configuration, not by
+				// the number of agents: uploads are bounded by --max-uploads and
+				// the garbage collector works to stay under this limit.
+				debug.SetMemoryLimit(memLimitMiB << 20)
+			}
+			return serve(cmd.Context(), p, cfg, listen, readyFile, certTTL, maxUploads, log)
 		},
 	}
 	p.register(cmd, "pki", "state", "evidence")
+	cmd.Flags().StringVar(&configFile, "config", "", "configuration file (YAML; its store section selects the evidence store)")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:7443", "address to listen on (port 0 picks a free one)")
 	cmd.Flags().StringVar(&readyFile, "ready-file", "", "write the bound address here once serving")
 	cmd.Flags().DurationVar(&certTTL, "agent-cert-ttl", 24*time.Hour, "lifetime of agent certificates")
+	cmd.Flags().Int64Var(&memLimitMiB, "memory-limit-mib", 384, "soft memory limit for the Go runtime (GOMEMLIMIT), in MiB; 0 disables")
+	cmd.Flags().IntVar(&maxUploads, "max-uploads", 16, "uploads in progress at once; more wait for a slot (about 12 MiB each)")
 	cmd.Flags().StringVar(&logFormat, "log-format", "text", "text or json")
 	return cmd
 }
@@ -111,7 +145,8 @@ func newLogger(format string) *slog.Logger {
 	return slog.New(h)
 }
 
-func serve(ctx context.Context, p paths, listen, readyFile string, certTTL time.Duration, log *slog.Logger) error {
+func serve(ctx context.Context, p paths, cfg fileConfig, listen, readyFile string, certTTL time.Duration, maxUploads int, log *slog.Logger) error {
+	started := time.Now()
 	ca, err := pki.LoadCA(p.pkiDir)
 	if err != nil {
 		return fmt.Errorf("%w (run `custody-collector pki init` first)", err)
@@ -145,14 +180,38 @@ func serve(ctx context.Context, p paths, listen, readyFile string, certTTL time.
 		return err
 	}
 	defer db.Close()
-	st, err := store.NewFS(p.evidence)
+	st, evidence, err := openStore(ctx, cfg.Store, p.evidence, log)
 	if err != nil {
 		return err
 	}
+	if sw, ok := st.(store.Sweeper); ok {
+		// Partial writes a previous run left behind (a crash, a kill)
+		// will never complete: remove them before serving. The states
+		// kept are those of uploads the collector still tracks to resume.
+		tracked, err := db.ListUploads(ctx)
+		if err != nil {
+			return err
+		}
+		var keep [][]byte
+		for _, u := range tracked {
+			if len(u.StoreState) > 0 {
+				keep = append(keep, u.StoreState)
+			}
+		}
+		n, err := sw.Sweep(ctx, keep, started)
+		if err != nil {
+			return fmt.Errorf("sweeping partial writes in %s: %w", evidence, err)
+		}
+		if n > 0 {
+			log.Info("removed partial writes left by a previous run", "count", n, "evidence", evidence)
+		}
+	}
 	srv := service.New(service.Config{
 		Identity: id, CA: ca, SigningKey: signKey, SigningCertPEM: signCert,
-		AgentCertValidity: certTTL, Version: version,
+		AgentCertValidity: certTTL, Version: version, MaxUploads: maxUploads,
 	}, db, st, log)
+
+	go srv.Run(ctx)
 
 	opts := append(service.ServerOptions(), grpc.Creds(credentials.NewTLS(pki.ServerTLSConfig(serverCert, clientCAs))))
 	g := grpc.NewServer(opts...)
@@ -163,7 +222,7 @@ func serve(ctx context.Context, p paths, listen, readyFile string, certTTL time.
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
-	log.Info("collector serving", "addr", lis.Addr().String(), "identity", id.String(), "evidence", p.evidence, "state", p.state, "version", version)
+	log.Info("collector serving", "addr", lis.Addr().String(), "identity", id.String(), "evidence", evidence, "state", p.state, "version", version)
 	if readyFile != "" {
 		if err := os.WriteFile(readyFile, []byte(lis.Addr().String()+"\n"), 0o644); err != nil {
 			g.Stop()

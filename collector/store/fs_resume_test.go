@@ -1,0 +1,180 @@
+package store_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/custodyhq/custody/collector/store"
+)
+
+// crashed starts a write, checkpoints it and drops the writer without
+// Commit or Abort, as a killed collector would, returning the state.
+func crashed(t *testing.T, s *store.FS, key string, data []byte) []byte {
+	t.Helper()
+	w, err := s.Create(t.Context(), key, store.CreateOptions{ExpectedSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	state, durable, err := w.(store.ResumableWriter).Checkpoint(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if durable != int64(len(data)) {
+		t.Fatalf("fs checkpoint durable = %d, wrote %d", durable, len(data))
+	}
+	return state
+}
+
+func partials(t *testing.T, dir string) []string {
+	t.Helper()
+	var names []string
+	for _, n := range readDir(t, dir) {
+		if strings.HasPrefix(n, ".") {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// TestFSPartialSurvivesCrash: the partial file of a checkpointed write is
+// still there for Resume after the writer is gone, and is hidden from
+// List, Stat and Open meanwhile.
+func TestFSPartialSurvivesCrash(t *testing.T) {
+	s, dir := newFS(t)
+	crashed(t, s, "c/a/x/memory.lime", []byte("EMiL"))
+	if got := partials(t, filepath.Join(dir, "c/a/x")); len(got) != 1 {
+		t.Fatalf("partial files after a crash: %q, want one", got)
+	}
+	infos, err := s.List(t.Context(), "c/a/x")
+	if err != nil || len(infos) != 0 {
+		t.Errorf("List = %v, %v; want nothing", infos, err)
+	}
+	if _, err := s.Stat(t.Context(), "c/a/x/memory.lime"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Stat = %v, want ErrNotFound", err)
+	}
+}
+
+// TestFSResumeDamagedPartial: a partial file that lost checkpointed bytes,
+// or was replaced by a symlink, is not resumed.
+func TestFSResumeDamagedPartial(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, partial string)
+		is     error
+	}{
+		{"truncated", func(t *testing.T, p string) {
+			if err := os.Truncate(p, 2); err != nil {
+				t.Fatal(err)
+			}
+		}, store.ErrNotFound},
+		{"removed", func(t *testing.T, p string) {
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		}, store.ErrNotFound},
+		{"symlink", func(t *testing.T, p string) {
+			outside := filepath.Join(t.TempDir(), "outside")
+			if err := os.WriteFile(outside, []byte("EMiL and more"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(outside, p); err != nil {
+				t.Fatal(err)
+			}
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, dir := newFS(t)
+			state := crashed(t, s, "c/a/x/memory.lime", []byte("EMiL"))
+			names := partials(t, filepath.Join(dir, "c/a/x"))
+			tc.damage(t, filepath.Join(dir, "c/a/x", names[0]))
+			w, _, err := s.Resume(t.Context(), "c/a/x/memory.lime", state)
+			if err == nil {
+				w.Abort(t.Context())
+				t.Fatal("Resume of a damaged partial file succeeded")
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("Resume = %v, want %v", err, tc.is)
+			}
+		})
+	}
+}
+
+// TestFSResumeStateCannotEscape: a state naming a file outside its key's
+// directory, or another object's partial, is refused.
+func TestFSResumeStateCannotEscape(t *testing.T) {
+	s, _ := newFS(t)
+	state := crashed(t, s, "c/a/x/f", []byte("x"))
+	for _, partial := range []string{"../../../../etc/passwd", ".g.partial-1", "f", ".f.partial-1/../../y"} {
+		bad := strings.Replace(string(state), `"partial":".f.partial-`, `"partial":"`+partial+`","x":"`, 1)
+		if w, _, err := s.Resume(t.Context(), "c/a/x/f", []byte(bad)); err == nil {
+			w.Abort(t.Context())
+			t.Errorf("Resume with partial %q succeeded", partial)
+		}
+	}
+}
+
+// TestFSSweep: the startup sweep removes the partial files of writes that
+// started before the cutoff and are not tracked; it leaves tracked and
+// newer partials and every committed object alone.
+func TestFSSweep(t *testing.T) {
+	s, dir := newFS(t)
+	mustPut(t, s, "c/a/x/kept-object", []byte("evidence"))
+	crashed(t, s, "c/a/x/lost-1", []byte("1"))
+	crashed(t, s, "c/a/y/lost-2", []byte("2"))
+	tracked := crashed(t, s, "c/a/x/tracked", []byte("3"))
+	// A hidden file that is not a partial of a valid object name.
+	if err := os.WriteFile(filepath.Join(dir, "c/a/x/.notes"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	for _, d := range []string{"c/a/x", "c/a/y"} {
+		for _, n := range readDir(t, filepath.Join(dir, d)) {
+			os.Chtimes(filepath.Join(dir, d, n), old, old)
+		}
+	}
+	cutoff := time.Now().Add(-time.Minute)
+	late := crashed(t, s, "c/a/x/late", []byte("4"))
+
+	n, err := s.Sweep(t.Context(), [][]byte{tracked}, cutoff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("swept %d, want 2", n)
+	}
+	var left []string
+	for _, d := range []string{"c/a/x", "c/a/y"} {
+		for _, name := range readDir(t, filepath.Join(dir, d)) {
+			left = append(left, d+"/"+strings.Split(name, ".partial-")[0])
+		}
+	}
+	slices.Sort(left)
+	if diff := cmp.Diff([]string{"c/a/x/.late", "c/a/x/.notes", "c/a/x/.tracked", "c/a/x/kept-object"}, left); diff != "" {
+		t.Errorf("left after the sweep (-want +got):\n%s", diff)
+	}
+	for key, state := range map[string][]byte{"c/a/x/tracked": tracked, "c/a/x/late": late} {
+		w, _, err := s.Resume(t.Context(), key, state)
+		if err != nil {
+			t.Errorf("Resume(%s) after the sweep: %v", key, err)
+			continue
+		}
+		w.Abort(t.Context())
+	}
+	if _, err := s.Sweep(t.Context(), [][]byte{[]byte("{}")}, cutoff); err == nil {
+		t.Error("Sweep with an unparsable state succeeded")
+	}
+}

@@ -1,0 +1,247 @@
+package bench
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/custodyhq/custody/collector/store/s3/s3test"
+	"github.com/custodyhq/custody/internal/pki"
+	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
+	"github.com/custodyhq/custody/scripts/e2e"
+)
+
+// BenchmarkS3Ingest measures agent → collector → S3 (versitygw, posix
+// backend on a tmpfs, on loopback) for one 2 GiB artifact and for 16
+// agents sending 128 MiB each at once. Beside it:
+//   - the ceiling of the store on this machine, the SDK's plain PutObject
+//     of the same bytes to the same server, measured before and after
+//     (the faster counts);
+//   - the same collection into a local evidence directory on the same
+//     tmpfs: what agent, gRPC and the collector's verification cost
+//     without any S3 store.
+//
+// The artifact is random, so the collector stores as many bytes as
+// PutObject sends. Reported: MiB/s of each, the S3 rate as a fraction of
+// PutObject's (target ≥ 0.7) and of fs's, and the collector's peak RSS
+// (target < 256 MiB). On one small machine the agent, the collector and
+// the server share the cores, which a deployment does not.
+func BenchmarkS3Ingest(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		agents int
+		size   int64
+	}{
+		{"1x2GiB", 1, 2 << 30},
+		{"16x128MiB", 16, 128 << 20},
+	} {
+		b.Run(tc.name, func(b *testing.B) { benchS3Ingest(b, tc.agents, tc.size) })
+	}
+}
+
+const s3BenchMiB = 1 << 20
+
+func benchS3Ingest(b *testing.B, agents int, size int64) {
+	ctx := b.Context()
+	// The server's data on a tmpfs: this measures the collector against
+	// the SDK, not the machine's disk (which a multipart upload writes
+	// twice on versitygw's posix backend: parts, then the object).
+	parent := os.TempDir()
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		parent = "/dev/shm"
+	}
+	srv := s3test.StartIn(b, parent)
+	bucket := srv.Bucket(b, false)
+	client := srv.Client()
+	srcDir := b.TempDir()
+	src := filepath.Join(srcDir, "evidence.img")
+	if _, err := e2e.WriteFile(src, size, 11, e2e.FillRandom); err != nil {
+		b.Fatal(err)
+	}
+	total := float64(size) * float64(agents)
+
+	// The ceiling: the SDK's own PutObject, with its defaults, one
+	// request per agent's worth of bytes, all at once.
+	putObjects := func() time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make([]error, agents)
+		for i := range agents {
+			wg.Go(func() {
+				f, err := os.Open(src)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				defer f.Close()
+				_, errs[i] = client.PutObject(ctx, &s3api.PutObjectInput{Bucket: &bucket, Key: aws.String(fmt.Sprintf("ceiling/%d", i)), Body: f, ContentLength: aws.Int64(size)})
+			})
+		}
+		wg.Wait()
+		d := time.Since(start)
+		for i, err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+			client.DeleteObject(ctx, &s3api.DeleteObjectInput{Bucket: &bucket, Key: aws.String(fmt.Sprintf("ceiling/%d", i))})
+		}
+		return d
+	}
+	ceiling := putObjects()
+
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		b.Setenv(k, v)
+	}
+	fsDir, err := os.MkdirTemp(parent, "custody-fs-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(fsDir)
+	fsRate, fsPeak := s3BenchCollect(b, agents, size, src, fmt.Sprintf("store:\n  type: fs\n  dir: %s\n", fsDir), func(*custodyv1.ArtifactStatus) {
+		os.RemoveAll(fsDir)
+	})
+	s3Rate, s3Peak := s3BenchCollect(b, agents, size, src,
+		fmt.Sprintf("store:\n  type: s3\n  bucket: %s\n  prefix: evidence\n  endpoint: %s\n  path_style: true\n", bucket, srv.Endpoint),
+		func(a *custodyv1.ArtifactStatus) {
+			client.DeleteObject(ctx, &s3api.DeleteObjectInput{Bucket: &bucket, Key: aws.String("evidence/" + a.GetKey())})
+		})
+	ceiling = min(ceiling, putObjects())
+	ceilingRate := total / s3BenchMiB / ceiling.Seconds()
+
+	b.ReportMetric(s3Rate, "MiB/s")
+	b.ReportMetric(ceilingRate, "putobject_MiB/s")
+	b.ReportMetric(s3Rate/ceilingRate, "x_of_putobject")
+	b.ReportMetric(fsRate, "fs_MiB/s")
+	b.ReportMetric(s3Rate/fsRate, "x_of_fs")
+	b.ReportMetric(s3Peak, "collector_peak_MiB")
+	b.Logf("%d agent(s) × %d MiB: to S3 %.0f MiB/s, collector peak RSS %.0f MiB | plain PutObject %.0f MiB/s (S3 ingest %.2fx of it) | to fs on the same tmpfs %.0f MiB/s, peak RSS %.0f MiB (S3 ingest %.2fx of it)",
+		agents, size/s3BenchMiB, s3Rate, s3Peak, ceilingRate, s3Rate/ceilingRate, fsRate, fsPeak, s3Rate/fsRate)
+}
+
+// s3BenchCollect runs b.N collections of src on agents agents against a
+// collector whose configuration file is storeYAML, and returns the rate in
+// MiB/s and the collector's peak RSS in MiB. clean is called on every
+// stored artifact between iterations.
+func s3BenchCollect(b *testing.B, agents int, size int64, src, storeYAML string, clean func(*custodyv1.ArtifactStatus)) (float64, float64) {
+	ctx := b.Context()
+	c := e2e.NewCluster(b, bin)
+	config := filepath.Join(c.Dir, "collector.yaml")
+	if err := os.WriteFile(config, []byte(storeYAML), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	ready := filepath.Join(c.Dir, "collector.addr")
+	collector := c.Start("collector", bin.Collector, "serve", "--config", config, "--data-dir", c.DataDir,
+		"--listen", "127.0.0.1:0", "--ready-file", ready)
+	if err := e2e.Poll(ctx, e2e.Deadline, 20*time.Millisecond, func() (bool, error) {
+		bs, err := os.ReadFile(ready)
+		if err == nil && bytes.HasSuffix(bs, []byte("\n")) {
+			c.Addr = strings.TrimSpace(string(bs))
+			return true, nil
+		}
+		select {
+		case <-collector.Done():
+			return false, fmt.Errorf("collector exited: %v\n%s", collector.Err(), collector.Logs())
+		default:
+			return false, nil
+		}
+	}); err != nil {
+		b.Fatal(err)
+	}
+	token := c.Token(agents)
+	var procs []*e2e.Proc
+	for i := range agents {
+		procs = append(procs, c.StartAgent(fmt.Sprintf("agent-%d", i), token))
+	}
+	responder := s3BenchResponder(b, c)
+	var ids []string
+	if err := e2e.Poll(ctx, e2e.Deadline, 100*time.Millisecond, func() (bool, error) {
+		resp, err := responder.ListAgents(ctx, &custodyv1.ListAgentsRequest{})
+		if err != nil {
+			return false, nil
+		}
+		ids = ids[:0]
+		for _, a := range resp.GetAgents() {
+			if a.GetConnected() {
+				ids = append(ids, a.GetAgentId())
+			}
+		}
+		return len(ids) == agents, nil
+	}); err != nil {
+		b.Fatalf("%d of %d agents connected: %v", len(ids), agents, err)
+	}
+
+	var took time.Duration
+	for n := 0; n < b.N; n++ {
+		start := time.Now()
+		resp, err := responder.CreateCollection(ctx, &custodyv1.CreateCollectionRequest{
+			AgentIds: ids, CaseId: "BENCH", Reason: "make bench",
+			Artifacts: []*custodyv1.ArtifactSpec{{Name: "file", Params: map[string]string{"path": src}}},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var done []*custodyv1.Collection
+		for _, col := range resp.GetCollections() {
+			id := col.GetCollectionId()
+			if err := e2e.Poll(ctx, 10*time.Minute, 50*time.Millisecond, func() (bool, error) {
+				got, err := responder.GetCollection(ctx, &custodyv1.GetCollectionRequest{CollectionId: id})
+				if err != nil {
+					return false, err
+				}
+				col = got.GetCollection()
+				return e2e.Final(col.GetState()), nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			if col.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE || col.GetArtifacts()[0].GetRawSize() != size {
+				b.Fatalf("collection %s: %v\n%s", id, col, collector.Logs())
+			}
+			done = append(done, col)
+		}
+		took += time.Since(start)
+		for _, col := range done {
+			for _, a := range col.GetArtifacts() {
+				clean(a)
+			}
+		}
+	}
+	peak, err := collector.PeakRSS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, p := range procs {
+		p.Stop()
+	}
+	collector.Stop()
+	return float64(size) * float64(agents) * float64(b.N) / s3BenchMiB / took.Seconds(), float64(peak) / s3BenchMiB
+}
+
+func s3BenchResponder(b *testing.B, c *e2e.Cluster) custodyv1.ResponderServiceClient {
+	b.Helper()
+	roots, err := pki.ReadCertPool(c.CA)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cc, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLSConfig(roots, "127.0.0.1", pki.NewKeypair(cert)))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cc.Close() })
+	return custodyv1.NewResponderServiceClient(cc)
+}
