@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/custodyhq/custody/agent/artifact"
@@ -37,6 +36,8 @@ type Options struct {
 	Env     artifact.Env
 	Agent   manifest.Agent
 	Logger  *slog.Logger
+	// CompressWorkers is how many chunks are compressed at once (default 1).
+	CompressWorkers int
 }
 
 // Collect captures every request into opts.Dir and writes manifest.json.
@@ -112,7 +113,7 @@ func capture(ctx context.Context, opts Options, req Request) manifest.Artifact {
 		return fail(err)
 	}
 	stored := &hashingWriter{h: sha256.New()}
-	w := chunk.NewParallelWriter(enc, chunk.MaxRawSize, runtime.GOMAXPROCS(0), func(c chunk.Chunk) error {
+	w := chunk.NewParallelWriter(enc, chunk.MaxRawSize, max(opts.CompressWorkers, 1), func(c chunk.Chunk) error {
 		if _, err := f.Write(c.Data); err != nil {
 			return err
 		}

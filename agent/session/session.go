@@ -103,13 +103,15 @@ func Run(ctx context.Context, cfg Config) error {
 	a := &agent{cfg: cfg, client: client, log: log, id: id}
 	attempt := 0
 	for {
-		started := time.Now()
-		err := a.session(ctx)
+		established, err := a.session(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if time.Since(started) > 2*cfg.MaxBackoff {
-			attempt = 0 // it was a healthy session; start over
+		if established {
+			// The collector welcomed us: it is healthy, and this is a
+			// network blip or its restart. Start the backoff over; full
+			// jitter still spreads a fleet over the first interval.
+			attempt = 0
 		}
 		delay := backoff(cfg.MinBackoff, cfg.MaxBackoff, attempt)
 		attempt++
@@ -230,12 +232,12 @@ type agent struct {
 
 // session runs one session until it breaks. Tasks it started are
 // cancelled with it: their uploads shared its connection.
-func (a *agent) session(ctx context.Context) error {
+func (a *agent) session(ctx context.Context) (established bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := a.client.Session(ctx)
 	if err != nil {
-		return err
+		return established, err
 	}
 	var sendMu sync.Mutex
 	send := func(m *custodyv1.SessionRequest) error {
@@ -247,17 +249,18 @@ func (a *agent) session(ctx context.Context) error {
 		Host: HostFacts(a.cfg.Env), Artifacts: artifact.Names(), AgentVersion: a.cfg.Version,
 		Preflight: preflight.Proto(preflight.Checks(a.cfg.Env)),
 	}}}); err != nil {
-		return err
+		return established, err
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		return err
+		return established, err
 	}
 	welcome := first.GetWelcome()
 	if welcome == nil {
-		return fmt.Errorf("session: expected a welcome, got %T", first.Msg)
+		return false, fmt.Errorf("session: expected a welcome, got %T", first.Msg)
 	}
 	a.log.Info("session established", "agent", welcome.GetAgentId())
+	established = true
 	interval := welcome.GetHeartbeatInterval().AsDuration()
 	if interval <= 0 {
 		interval = 30 * time.Second
@@ -283,10 +286,10 @@ func (a *agent) session(ctx context.Context) error {
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return errors.New("session: collector closed the session")
+			return established, errors.New("session: collector closed the session")
 		}
 		if err != nil {
-			return err
+			return established, err
 		}
 		switch m := msg.Msg.(type) {
 		case *custodyv1.SessionResponse_Task:

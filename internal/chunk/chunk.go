@@ -16,9 +16,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// maxWorkers bounds the chunks one Encoder compresses at once.
-const maxWorkers = 8
-
 // MaxRawSize is the largest raw chunk either side produces or accepts.
 const MaxRawSize = 4 << 20
 
@@ -56,10 +53,11 @@ type Trailer struct {
 // Encoder cuts nothing itself: it is fed raw chunks of at most MaxRawSize in
 // order and turns each into a Chunk, keeping the whole-stream hash.
 type Encoder struct {
-	zenc   *zstd.Encoder
-	whole  hash.Hash
-	seq    uint64
-	offset int64
+	concurrency int
+	zenc        *zstd.Encoder
+	whole       hash.Hash
+	seq         uint64
+	offset      int64
 }
 
 // NewEncoder returns an encoder; compress=false sends raw bytes.
@@ -99,19 +97,26 @@ func hashState(h hash.Hash) []byte {
 // NewEncoderAt returns an encoder that continues a stream at p: how an
 // agent resumes an interrupted upload where the collector says it stands.
 func NewEncoderAt(compress bool, p Position) (*Encoder, error) {
+	return NewEncoderConcurrent(compress, p, 1)
+}
+
+// NewEncoderConcurrent is NewEncoderAt for a Writer with several workers:
+// up to n chunks are compressed at once.
+func NewEncoderConcurrent(compress bool, p Position, n int) (*Encoder, error) {
 	whole, err := restoreHash(p.HashState)
 	if err != nil {
 		return nil, err
 	}
-	e := &Encoder{whole: whole, seq: p.Seq, offset: p.Offset}
+	e := &Encoder{whole: whole, seq: p.Seq, offset: p.Offset, concurrency: max(n, 1)}
 	if compress {
 		// One goroutine per encoder: the agent is a guest on the host and
 		// caps its CPU share by running few encoders, not wide ones.
 		z, err := zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.SpeedFastest),
-			// EncodeAll runs on up to this many goroutines at once
-			// (Writer's workers); the agent passes few.
-			zstd.WithEncoderConcurrency(maxWorkers),
+			// Each concurrent EncodeAll slot holds its own encoder state
+			// (several MiB at this window size), so the footprint-minded
+			// default is one; NewEncoderConcurrent raises it.
+			zstd.WithEncoderConcurrency(e.concurrency),
 			zstd.WithZeroFrames(true),
 			zstd.WithEncoderCRC(false))
 		if err != nil {

@@ -239,7 +239,7 @@ func TestResumeAtPosition(t *testing.T) {
 
 func TestParallelWriterOrderAndErrors(t *testing.T) {
 	data := testData(40<<20 + 1)
-	e, _ := NewEncoder(true)
+	e, _ := NewEncoderConcurrent(true, Position{}, 4)
 	v, _ := NewVerifier(true)
 	w := NewParallelWriter(e, 1<<20, 4, func(c Chunk) error {
 		_, err := v.Verify(c) // fails on any reordering
@@ -256,7 +256,7 @@ func TestParallelWriterOrderAndErrors(t *testing.T) {
 	}
 
 	boom := errors.New("collector went away")
-	e2, _ := NewEncoder(true)
+	e2, _ := NewEncoderConcurrent(true, Position{}, 4)
 	calls := 0
 	w2 := NewParallelWriter(e2, 1<<20, 4, func(Chunk) error {
 		calls++

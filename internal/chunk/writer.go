@@ -93,6 +93,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 // submit hands the buffered chunk to a worker, first emitting the oldest
 // submitted chunk if every worker is busy.
 func (w *Writer) submit() error {
+	if w.workers == 1 {
+		return w.inline()
+	}
 	if !w.started {
 		w.started = true
 		w.start()
@@ -115,6 +118,35 @@ func (w *Writer) submit() error {
 	w.jobs <- j
 	w.raw = w.takeBuffer()
 	return nil
+}
+
+// inline encodes and emits the buffered chunk on the calling goroutine: one
+// raw buffer and one frame buffer, nothing else, for the smallest footprint.
+func (w *Writer) inline() error {
+	seq, off, err := w.enc.advance(w.raw)
+	if err != nil {
+		w.err = err
+		return err
+	}
+	sum := sha256.Sum256(w.raw)
+	var dst []byte
+	if len(w.free) > 0 {
+		dst = w.free[0]
+	}
+	data, err := w.enc.frame(w.raw, dst)
+	if err == nil {
+		if len(w.free) == 0 {
+			w.free = append(w.free, data[:0])
+		} else {
+			w.free[0] = data[:0]
+		}
+		err = w.emit(Chunk{Seq: seq, Offset: off, RawLen: int64(len(w.raw)), SHA256: sum[:], Data: data})
+	}
+	w.raw = w.raw[:0]
+	if err != nil {
+		w.err = err
+	}
+	return err
 }
 
 func (w *Writer) takeBuffer() []byte {
@@ -156,7 +188,7 @@ func (w *Writer) Flush() error {
 		}
 		w.closed = true
 		close(w.jobs)
-		w.wg.Wait()
+		w.wg.Wait() // no-op when the workers never started
 		w.free, w.freeRaw = nil, nil
 	}
 	return w.err

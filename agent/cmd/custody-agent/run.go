@@ -92,7 +92,7 @@ show it), and keeps its key and certificate in --state-dir.`,
 	f.StringVar(&cfg.Env.ProcRoot, "proc", "/proc", "procfs root")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.IntVar(&procs, "max-procs", 2, "GOMAXPROCS: CPU threads the agent may use (0: all)")
-	f.Int64Var(&memLimit, "memory-limit-mib", 48, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
+	f.Int64Var(&memLimit, "memory-limit-mib", 0, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
 	f.DurationVar(&cfg.MaxBackoff, "max-backoff", time.Minute, "longest wait between reconnects")
 	return cmd
 }
@@ -180,6 +180,6 @@ func collectCmd() *cobra.Command {
 	f.StringVar(&env.ProcRoot, "proc", "/proc", "procfs root")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.IntVar(&procs, "max-procs", 2, "GOMAXPROCS: CPU threads the agent may use (0: all)")
-	f.Int64Var(&memLimit, "memory-limit-mib", 48, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
+	f.Int64Var(&memLimit, "memory-limit-mib", 0, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
 	return cmd
 }
