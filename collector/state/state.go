@@ -338,18 +338,7 @@ func (c *Collection) Artifact(name string) *Artifact {
 
 // CreateCollection stores a new collection.
 func (d *DB) CreateCollection(ctx context.Context, c Collection) error {
-	d.wmu.Lock()
-	defer d.wmu.Unlock()
-	doc, err := json.Marshal(c)
-	if err != nil {
-		return err
-	}
-	_, err = d.db.ExecContext(ctx, `INSERT INTO collections(id, agent_id, state, requested_at, doc) VALUES(?,?,?,?,?)`,
-		c.ID, c.AgentID, c.State, c.RequestedAt.UnixNano(), doc)
-	if err != nil {
-		return fmt.Errorf("state: create collection %s: %w", c.ID, err)
-	}
-	return nil
+	return d.CreateCollections(ctx, []Collection{c})
 }
 
 // CreateCollections stores several new collections in one transaction.
