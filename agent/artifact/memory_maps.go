@@ -3,7 +3,6 @@ package artifact
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"io/fs"
 	"strconv"
@@ -47,29 +46,7 @@ type memoryMapRecord struct {
 const maxMapsLineLen = 16 << 10
 
 func collectMemoryMaps(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
-	res := Result{Source: "procfs:" + env.ProcRoot}
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
-	stats := newSnapshotStats(env)
-	warn := warnings{log: env.Logger}
-	pids, err := snapshotPIDs(env.ProcRoot)
-	if err != nil {
-		return res, fmt.Errorf("memory_maps: %w", err)
-	}
-	var n int
-	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
-		return readMemoryMaps(newSnapProc(env.ProcRoot, pids[i]), s)
-	}, func(b procBatch) error {
-		return b.emit(w, stats, &warn, &res, &n)
-	})
-	res.Warnings = warn.result()
-	stats.extra["mappings"] = strconv.Itoa(n)
-	res.Details = stats.details()
-	if err != nil {
-		return res, fmt.Errorf("memory_maps: %w", err)
-	}
-	return res, nil
+	return scanProcesses(ctx, env, w, "memory_maps", "mappings", readMemoryMaps)
 }
 
 func readMemoryMaps(p snapProc, s *scratch) procBatch {

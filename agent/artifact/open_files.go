@@ -3,7 +3,6 @@ package artifact
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"strconv"
@@ -46,29 +45,7 @@ type openFileRecord struct {
 }
 
 func collectOpenFiles(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
-	res := Result{Source: "procfs:" + env.ProcRoot}
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
-	stats := newSnapshotStats(env)
-	warn := warnings{log: env.Logger}
-	pids, err := snapshotPIDs(env.ProcRoot)
-	if err != nil {
-		return res, fmt.Errorf("open_files: %w", err)
-	}
-	var fds int
-	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
-		return readOpenFiles(newSnapProc(env.ProcRoot, pids[i]), s)
-	}, func(b procBatch) error {
-		return b.emit(w, stats, &warn, &res, &fds)
-	})
-	res.Warnings = warn.result()
-	stats.extra["descriptors"] = strconv.Itoa(fds)
-	res.Details = stats.details()
-	if err != nil {
-		return res, fmt.Errorf("open_files: %w", err)
-	}
-	return res, nil
+	return scanProcesses(ctx, env, w, "open_files", "descriptors", readOpenFiles)
 }
 
 func readOpenFiles(p snapProc, s *scratch) procBatch {

@@ -1,0 +1,39 @@
+package artifact
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+)
+
+// scanProcesses drives a per-process artifact (open_files, memory_maps):
+// every pid read by read on the snapshot workers, records emitted in pid
+// order, the record count reported in the manifest's details under
+// countKey, errors prefixed with the artifact's name.
+func scanProcesses(ctx context.Context, env Env, w io.Writer, name, countKey string,
+	read func(snapProc, *scratch) procBatch) (Result, error) {
+	res := Result{Source: "procfs:" + env.ProcRoot}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	stats := newSnapshotStats(env)
+	warn := warnings{log: env.Logger}
+	pids, err := snapshotPIDs(env.ProcRoot)
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", name, err)
+	}
+	var n int
+	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
+		return read(newSnapProc(env.ProcRoot, pids[i]), s)
+	}, func(b procBatch) error {
+		return b.emit(w, stats, &warn, &res, &n)
+	})
+	res.Warnings = warn.result()
+	stats.extra[countKey] = strconv.Itoa(n)
+	res.Details = stats.details()
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", name, err)
+	}
+	return res, nil
+}
