@@ -45,7 +45,7 @@ func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custo
 			log.Info("artifact already stored", "artifact", req.GetName())
 			continue
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || connectionLost(ctx, err) {
 			// The session broke: the collector keeps the task and resumes
 			// it on the next hello; reporting a failure would be wrong.
 			log.Info("artifact interrupted; will resume", "artifact", req.GetName(), "err", err)
@@ -60,6 +60,28 @@ func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custo
 			"stored_bytes", res.StoredSize, "sha256", fmt.Sprintf("%x", res.RawSHA256), "took", time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// connectionLost reports whether err is the upload stream's connection
+// breaking. The session stream shares that connection, so it ends too, but
+// an instant later: the upload can notice first. Waiting for the session
+// to notice (bounded, in case the collector said Unavailable while the
+// connection stays up) keeps a network cut from being reported as the
+// artifact's failure.
+func connectionLost(ctx context.Context, err error) bool {
+	if status.Code(err) != codes.Unavailable {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return true
+	case <-time.After(sessionNoticeWait):
+		return false
+	}
+}
+
+// sessionNoticeWait bounds connectionLost's wait; keepalives would take
+// far longer to notice a connection that silently died.
+const sessionNoticeWait = 5 * time.Second
 
 // errAlreadyStored: the collector holds this artifact from an earlier
 // session (the task was re-delivered after a reconnect).

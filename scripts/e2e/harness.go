@@ -627,6 +627,7 @@ type Proxy struct {
 	conns   []net.Conn
 	stalled chan struct{}
 	cuts    atomic.Int32
+	up      atomic.Int64 // bytes forwarded client → target
 }
 
 // NewProxy starts a proxy to target, closed when the test ends.
@@ -651,14 +652,14 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, in, out)
 			p.mu.Unlock()
-			go p.pipe(in, out)
-			go p.pipe(out, in)
+			go p.pipe(in, out, nil)
+			go p.pipe(out, in, &p.up)
 		}
 	}()
 	return p
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Int64) {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
@@ -671,6 +672,9 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				break
+			}
+			if count != nil {
+				count.Add(int64(n))
 			}
 		}
 		if err != nil {
@@ -707,6 +711,10 @@ func (p *Proxy) Stall(d time.Duration) {
 	p.mu.Unlock()
 	close(ch)
 }
+
+// Upstream is how many bytes the proxy has forwarded from clients to the
+// target, over all connections.
+func (p *Proxy) Upstream() int64 { return p.up.Load() }
 
 // Cuts is how many times Cut closed live connections.
 func (p *Proxy) Cuts() int { return int(p.cuts.Load()) }

@@ -108,6 +108,22 @@ func (r *run) waitBytes(id string, n int64) {
 	}
 }
 
+// waitUpstream waits until the proxy has forwarded n bytes towards the
+// collector in all, or the collection has finished.
+func (r *run) waitUpstream(id string, p *e2e.Proxy, n int64) {
+	r.t.Helper()
+	err := e2e.Poll(r.ctx, e2e.Deadline, 20*time.Millisecond, func() (bool, error) {
+		if p.Upstream() >= n {
+			return true, nil
+		}
+		col, err := r.c.Collection(r.ctx, id)
+		return err == nil && e2e.Final(col.GetState()), nil
+	})
+	if err != nil {
+		r.t.Fatalf("waiting for the agent to upload again through the proxy: %v", err)
+	}
+}
+
 // check waits for the collection to complete and compares what is stored
 // with an independent reading of the source.
 func (r *run) check(seed uint64, id string) {
@@ -212,6 +228,13 @@ func TestNetworkCutsAndStalls(t *testing.T) {
 			id := r.collect()
 			for cut := 0; cut < 5; cut++ {
 				at := int64(float64(artifactSize) * (float64(cut) + 0.2 + 0.6*r.rng.Float64()) / 5)
+				if cut > 0 {
+					// The collector's progress is reported every 250 ms
+					// and survives a cut, so it can already be past the
+					// next point: cut only once the agent is back and
+					// uploading, or the cut hits no connection at all.
+					r.waitUpstream(id, p, p.Upstream()+1<<20)
+				}
 				r.waitBytes(id, at)
 				if r.rng.IntN(2) == 0 {
 					d := time.Duration(200+r.rng.IntN(800)) * time.Millisecond

@@ -275,7 +275,9 @@ func (h *harness) collect(ctx context.Context, t *testing.T, g *guest, caseID, s
 	go func() {
 		defer close(watched)
 		if _, err := g.WaitFor(ctx, guestDied); err == nil {
-			t.Errorf("guest failed during the %s capture", source)
+			// The cause first: the whole console follows at cleanup, but
+			// CI logs keep only so much of a failure.
+			t.Errorf("guest failed during the %s capture:\n%s", source, aroundDeath(g.Console()))
 			cancel()
 		}
 	}()
@@ -549,6 +551,21 @@ func goBuild(ctx context.Context, dir string, pkgs ...string) error {
 		return fmt.Errorf("go build %s: %w\n%s", strings.Join(pkgs, " "), err, b)
 	}
 	return nil
+}
+
+// aroundDeath is the console from a little before guestDied's first match
+// to its end, at most 60 lines.
+func aroundDeath(console []byte) []byte {
+	loc := guestDied.FindIndex(console)
+	if loc == nil {
+		return tailBytes(console, 4<<10)
+	}
+	start := loc[0]
+	for n := 0; n < 20 && start > 0; n++ {
+		start = bytes.LastIndexByte(console[:start-1], '\n') + 1
+	}
+	lines := bytes.SplitAfter(console[start:], []byte("\n"))
+	return bytes.Join(lines[:min(len(lines), 60)], nil)
 }
 
 func tailBytes(b []byte, n int) []byte {
