@@ -107,13 +107,18 @@ func Run(ctx context.Context, cfg Config) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		lo := cfg.MinBackoff
 		if established {
 			// The collector welcomed us: it is healthy, and this is a
-			// network blip or its restart. Start the backoff over; full
-			// jitter still spreads a fleet over the first interval.
+			// network blip or its restart. Start the backoff over, and
+			// make the first retry quick: an upload cut mid-transfer
+			// waits for it. Full jitter still spreads a fleet over the
+			// first interval, and if the collector is gone the next
+			// retries back off as usual.
 			attempt = 0
+			lo = min(lo, quickRetry)
 		}
-		delay := backoff(cfg.MinBackoff, cfg.MaxBackoff, attempt)
+		delay := backoff(lo, cfg.MaxBackoff, attempt)
 		attempt++
 		log.Warn("session ended; reconnecting", "err", err, "in", delay.Round(time.Millisecond))
 		select {
@@ -123,6 +128,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 }
+
+// quickRetry bounds the first reconnect after a session that was working.
+const quickRetry = 100 * time.Millisecond
 
 // backoff is "full jitter": uniformly random in [0, min(max, min·2^n)], so
 // a fleet that lost its collector at the same moment does not return at
