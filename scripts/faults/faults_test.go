@@ -47,9 +47,11 @@ func binaries(t *testing.T) e2e.Binaries {
 	return bin
 }
 
-// seeds: each fault test runs with these, plus CUSTODY_FAULT_SEED if set.
+// seeds: each fault test runs with a fixed seed and two fresh ones (each
+// printed), or only CUSTODY_FAULT_SEED if set.
 func seeds() []uint64 {
-	s := []uint64{1, uint64(time.Now().UnixNano())}
+	now := uint64(time.Now().UnixNano())
+	s := []uint64{1, now, now ^ 0x9e3779b97f4a7c15}
 	if v, err := strconv.ParseUint(os.Getenv("CUSTODY_FAULT_SEED"), 10, 64); err == nil {
 		s = []uint64{v}
 	}
