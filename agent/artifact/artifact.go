@@ -46,6 +46,10 @@ type Kind struct {
 	// place. Sources without it are regenerated and their already-stored
 	// prefix skipped and checked against the collector's hash.
 	CollectAt func(ctx context.Context, env Env, p Params, offset int64, w io.Writer) (Result, error)
+	// Bulk marks large binary sources (memory, files): they are
+	// compressed for speed over the last percent of size
+	// (chunk.CodecZstdBulk).
+	Bulk bool
 }
 
 // Params are the per-request options of one artifact, such as the path of

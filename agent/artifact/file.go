@@ -14,6 +14,7 @@ import (
 func init() {
 	register(Kind{
 		Name:    "file",
+		Bulk:    true,
 		Ext:     "bin",
 		Doc:     "one regular file or block device, byte for byte (path=/absolute/path)",
 		Params:  []string{"path"},

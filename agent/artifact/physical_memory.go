@@ -41,6 +41,7 @@ import (
 func init() {
 	register(Kind{
 		Name:   "physical_memory",
+		Bulk:   true,
 		Ext:    "lime",
 		Doc:    "physical memory as a LiME v1 image (source=auto|kcore|lime, lime_dir=" + DefaultLimeDir + ")",
 		Params: []string{"source", "lime_dir"},

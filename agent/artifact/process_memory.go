@@ -23,6 +23,7 @@ import (
 func init() {
 	register(Kind{
 		Name: "process_memory",
+		Bulk: true,
 		Ext:  "tar",
 		Doc: "ELF core file per process, gdb-loadable, in a PAX tar of core.<pid>.<comm> " +
 			"(pid=1,2 process_name=REGEX container=ID; regions=all|anon,heap,stack,writable,exec,file " +

@@ -108,7 +108,11 @@ func capture(ctx context.Context, opts Options, req Request) manifest.Artifact {
 		return fail(err)
 	}
 	defer f.Close()
-	enc, err := chunk.NewEncoder(true)
+	codec := chunk.CodecZstd
+	if kind.Bulk {
+		codec = chunk.CodecZstdBulk
+	}
+	enc, err := chunk.NewEncoderCodec(codec, chunk.Position{}, max(opts.CompressWorkers, 1))
 	if err != nil {
 		return fail(err)
 	}

@@ -110,7 +110,7 @@ func (a *agent) capture(ctx context.Context, taskID string, req *custodyv1.Artif
 	restart := false
 	for {
 		up, err := upload.Start(ctx, a.client, upload.Options{
-			TaskID: taskID, Artifact: kind.Name, Extension: kind.Ext, ExpectedSize: expected, Restart: restart,
+			TaskID: taskID, Artifact: kind.Name, Extension: kind.Ext, ExpectedSize: expected, Restart: restart, Bulk: kind.Bulk,
 		})
 		if status.Code(err) == codes.AlreadyExists {
 			return upload.Result{}, errAlreadyStored

@@ -30,6 +30,10 @@ type Options struct {
 	Window int
 	// NoCompress sends raw bytes (for sources that are already compressed).
 	NoCompress bool
+	// Bulk compresses without entropy coding of literals: for large
+	// binary sources, where it halves the agent's compression CPU
+	// (chunk.CodecZstdBulk).
+	Bulk bool
 	// CompressWorkers is how many chunks are compressed at once (default 1).
 	CompressWorkers int
 	// Restart discards any partial upload of this artifact at the collector.
@@ -121,7 +125,14 @@ func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Option
 	}
 	// On a resume the encoder continues the collector's stream: sequence,
 	// offset and the hash of the prefix the collector already holds.
-	enc, err := chunk.NewEncoderConcurrent(!opts.NoCompress, chunk.Position{
+	codec := chunk.CodecZstd
+	switch {
+	case opts.NoCompress:
+		codec = chunk.CodecNone
+	case opts.Bulk:
+		codec = chunk.CodecZstdBulk
+	}
+	enc, err := chunk.NewEncoderCodec(codec, chunk.Position{
 		Seq: acc.GetNextSequence(), Offset: acc.GetResumeOffset(), HashState: acc.GetResumeSha256State(),
 	}, max(opts.CompressWorkers, 1))
 	if err != nil {

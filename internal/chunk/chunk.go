@@ -103,12 +103,40 @@ func NewEncoderAt(compress bool, p Position) (*Encoder, error) {
 // NewEncoderConcurrent is NewEncoderAt for a Writer with several workers:
 // up to n chunks are compressed at once.
 func NewEncoderConcurrent(compress bool, p Position, n int) (*Encoder, error) {
+	codec := CodecNone
+	if compress {
+		codec = CodecZstd
+	}
+	return NewEncoderCodec(codec, p, n)
+}
+
+// Codec is how an Encoder frames chunks. Every codec but CodecNone produces
+// standard zstd frames; they differ only in the work spent on them.
+type Codec int
+
+const (
+	// CodecNone sends the raw bytes.
+	CodecNone Codec = iota
+	// CodecZstd is zstd's fastest level: right for text, where entropy
+	// coding of literals saves about a tenth of the output.
+	CodecZstd
+	// CodecZstdBulk is CodecZstd without entropy coding of literals, for
+	// large binary sources. On a memory image (zero pages, text, random)
+	// it compresses twice as fast for 1.4% more output (20.98% -> 21.28%
+	// of the input); on source code, 25% faster for 12.6% more.
+	CodecZstdBulk
+)
+
+// NewEncoderCodec is NewEncoderConcurrent with the codec named.
+func NewEncoderCodec(codec Codec, p Position, n int) (*Encoder, error) {
 	whole, err := restoreHash(p.HashState)
 	if err != nil {
 		return nil, err
 	}
 	e := &Encoder{whole: whole, seq: p.Seq, offset: p.Offset, concurrency: max(n, 1)}
-	if compress {
+	switch codec {
+	case CodecNone:
+	case CodecZstd, CodecZstdBulk:
 		// One goroutine per encoder: the agent is a guest on the host and
 		// caps its CPU share by running few encoders, not wide ones.
 		z, err := zstd.NewWriter(nil,
@@ -118,11 +146,18 @@ func NewEncoderConcurrent(compress bool, p Position, n int) (*Encoder, error) {
 			// default is one; NewEncoderConcurrent raises it.
 			zstd.WithEncoderConcurrency(e.concurrency),
 			zstd.WithZeroFrames(true),
-			zstd.WithEncoderCRC(false))
+			// Chunks are separate frames of at most 4 MiB; a 1 MiB window
+			// costs 0.1-1% of output and saves ~6 MiB of state per
+			// encoder (measured on a memory image and on source code).
+			zstd.WithWindowSize(1<<20),
+			zstd.WithEncoderCRC(false),
+			zstd.WithNoEntropyCompression(codec == CodecZstdBulk))
 		if err != nil {
 			return nil, fmt.Errorf("chunk: zstd encoder: %w", err)
 		}
 		e.zenc = z
+	default:
+		return nil, fmt.Errorf("chunk: unknown codec %d", codec)
 	}
 	return e, nil
 }

@@ -273,3 +273,47 @@ func TestParallelWriterOrderAndErrors(t *testing.T) {
 		t.Fatalf("emit called %d times after failing at 3", calls)
 	}
 }
+
+// The bulk codec's frames are standard zstd frames: the collector's
+// verifier (and zstd -d) read them like any other, and on text-like data
+// they are larger than the default codec's but still compressed.
+func TestBulkCodecFrames(t *testing.T) {
+	var text bytes.Buffer
+	for i := 0; text.Len() < 2<<20; i++ {
+		fmt.Fprintf(&text, "2026-11-22T07:%02d:%02d sshd[%d]: Accepted publickey for ec2-user from 10.0.%d.%d\n", i%60, i%59, 1000+i%5000, i%256, i*7%256)
+	}
+	data := text.Bytes()
+	sizes := map[Codec]int{}
+	for _, codec := range []Codec{CodecZstd, CodecZstdBulk} {
+		e, err := NewEncoderCodec(codec, Position{}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := e.Encode(data, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes[codec] = len(c.Data)
+		v, err := NewVerifier(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := v.Verify(c)
+		if err != nil {
+			t.Fatalf("codec %d: %v", codec, err)
+		}
+		if !bytes.Equal(raw, data) {
+			t.Fatalf("codec %d: round trip changed the bytes", codec)
+		}
+		if err := v.Finish(e.Trailer()); err != nil {
+			t.Fatalf("codec %d: %v", codec, err)
+		}
+	}
+	if sizes[CodecZstdBulk] >= len(data)/2 || sizes[CodecZstdBulk] < sizes[CodecZstd] {
+		t.Errorf("frame sizes of %d bytes of text: default %d, bulk %d; want bulk compressed, and no smaller than default",
+			len(data), sizes[CodecZstd], sizes[CodecZstdBulk])
+	}
+	if _, err := NewEncoderCodec(Codec(42), Position{}, 1); err == nil {
+		t.Error("unknown codec accepted")
+	}
+}
