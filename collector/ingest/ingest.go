@@ -117,7 +117,7 @@ func (u *Upload) mark() mark {
 // Write verifies one chunk and appends its frame, as received, to the
 // object. A chunk that fails verification writes nothing.
 func (u *Upload) Write(c chunk.Chunk) error {
-	if _, err := u.v.Verify(c); err != nil {
+	if err := u.v.Check(c); err != nil {
 		return fmt.Errorf("ingest: %s: %w", u.key, err)
 	}
 	if _, err := u.w.Write(c.Data); err != nil {

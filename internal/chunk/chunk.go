@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -264,6 +265,42 @@ func (v *Verifier) Next() uint64 { return v.next }
 // bytes (valid until the next call). A chunk that fails leaves the verifier
 // unchanged, so nothing of it counts toward the stream.
 func (v *Verifier) Verify(c Chunk) ([]byte, error) {
+	raw, err := v.verify(c, v.buf[:0])
+	if v.compressed && cap(raw) > cap(v.buf) {
+		v.buf = raw[:0]
+	}
+	if err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// rawBuffers are Check's decode buffers, shared by every verifier in the
+// process: a collector with many uploads holds one per chunk being
+// checked at this moment (about one per CPU), not one per upload.
+var rawBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 0, MaxRawSize)
+	return &b
+}}
+
+// Check is Verify for callers that need only the verdict, not the raw
+// bytes (the collector stores the frames as received).
+func (v *Verifier) Check(c Chunk) error {
+	if !v.compressed {
+		_, err := v.verify(c, nil)
+		return err
+	}
+	bp := rawBuffers.Get().(*[]byte)
+	raw, err := v.verify(c, (*bp)[:0])
+	if cap(raw) >= cap(*bp) {
+		*bp = raw[:0]
+	}
+	rawBuffers.Put(bp)
+	return err
+}
+
+// verify checks c, decoding into dst, and returns the raw bytes.
+func (v *Verifier) verify(c Chunk, dst []byte) ([]byte, error) {
 	if c.Seq != v.next {
 		return nil, fmt.Errorf("%w: got %d, want %d", ErrSequence, c.Seq, v.next)
 	}
@@ -281,18 +318,17 @@ func (v *Verifier) Verify(c Chunk) ([]byte, error) {
 	}
 	raw := c.Data
 	if v.compressed {
-		out, err := v.zdec.DecodeAll(c.Data, v.buf[:0])
+		out, err := v.zdec.DecodeAll(c.Data, dst)
 		if err != nil {
-			return nil, fmt.Errorf("%w: chunk %d: %v", ErrCorrupt, c.Seq, err)
+			return out, fmt.Errorf("%w: chunk %d: %v", ErrCorrupt, c.Seq, err)
 		}
-		v.buf = out
 		raw = out
 	}
 	if int64(len(raw)) != c.RawLen {
-		return nil, fmt.Errorf("%w: chunk %d decodes to %d bytes, header says %d", ErrLength, c.Seq, len(raw), c.RawLen)
+		return raw, fmt.Errorf("%w: chunk %d decodes to %d bytes, header says %d", ErrLength, c.Seq, len(raw), c.RawLen)
 	}
 	if sum := sha256.Sum256(raw); !bytes.Equal(sum[:], c.SHA256) {
-		return nil, fmt.Errorf("%w: chunk %d at offset %d: computed %s, sent %s",
+		return raw, fmt.Errorf("%w: chunk %d at offset %d: computed %s, sent %s",
 			ErrHash, c.Seq, c.Offset, hex.EncodeToString(sum[:]), hex.EncodeToString(c.SHA256))
 	}
 	v.whole.Write(raw)

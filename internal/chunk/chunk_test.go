@@ -96,31 +96,40 @@ func TestTampering(t *testing.T) {
 		{"trailer count", func(cs []Chunk, tr *Trailer) []Chunk { tr.Count--; return cs }, ErrTrailer},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			chunks, tr := encodeAll(t, true, data, 1<<20)
-			chunks = tt.mutate(chunks, &tr)
-			v, _ := NewVerifier(true)
-			defer v.Close()
-			var err error
-			for _, c := range chunks {
-				if _, err = v.Verify(c); err != nil {
-					break
+		// Verify and Check (the collector's, with shared buffers) must
+		// refuse alike.
+		for _, check := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/check=%v", tt.name, check), func(t *testing.T) {
+				chunks, tr := encodeAll(t, true, data, 1<<20)
+				chunks = tt.mutate(chunks, &tr)
+				v, _ := NewVerifier(true)
+				defer v.Close()
+				var err error
+				for _, c := range chunks {
+					if check {
+						err = v.Check(c)
+					} else {
+						_, err = v.Verify(c)
+					}
+					if err != nil {
+						break
+					}
 				}
-			}
-			if err == nil {
-				err = v.Finish(tr)
-			}
-			switch {
-			case err == nil:
-				t.Fatal("tampered stream was accepted")
-			case tt.want == nil:
-				if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrHash) && !errors.Is(err, ErrLength) {
-					t.Fatalf("got %v, want a corruption error", err)
+				if err == nil {
+					err = v.Finish(tr)
 				}
-			case !errors.Is(err, tt.want):
-				t.Fatalf("got %v, want %v", err, tt.want)
-			}
-		})
+				switch {
+				case err == nil:
+					t.Fatal("tampered stream was accepted")
+				case tt.want == nil:
+					if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrHash) && !errors.Is(err, ErrLength) {
+						t.Fatalf("got %v, want a corruption error", err)
+					}
+				case !errors.Is(err, tt.want):
+					t.Fatalf("got %v, want %v", err, tt.want)
+				}
+			})
+		}
 	}
 }
 
