@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,8 +24,8 @@ import (
 //   - kcore: /proc/kcore, read in large aligned pieces, a few at once. Needs
 //     CAP_SYS_RAWIO and a kernel not locked down for confidentiality; no
 //     module is loaded and nothing on the host changes.
-//   - lime: the LiME kernel module, loaded with finit_module, streaming to
-//     the agent over loopback TCP, and unloaded afterwards. Needs
+//   - lime: the LiME kernel module, loaded with finit_module, writing to a
+//     FIFO only the agent can open, and unloaded afterwards. Needs
 //     CAP_SYS_MODULE, a lime.ko built for this exact kernel (see
 //     FindLimeModule) and, where signatures are enforced, a signed one.
 //
@@ -78,6 +77,9 @@ type physmem struct {
 	// unloadWait bounds the wait for LiME's init to return once the
 	// agent has given up on its stream.
 	unloadWait time.Duration
+	// fifoDir is where LiME's output FIFO is made, in a fresh 0700
+	// directory ("": os.TempDir()).
+	fifoDir string
 }
 
 func newPhysmem() *physmem {
@@ -246,51 +248,60 @@ func (pm *physmem) fromLime(ctx context.Context, env Env, dir string, ram []ramR
 			return err
 		}
 	}
-	for attempt := 0; ; attempt++ {
-		err = pm.limeOnce(ctx, env, f, mod, expect, w, res)
-		// A port taken between choosing it and LiME binding it is the
-		// only failure worth a second try.
-		if !errors.Is(err, unix.EADDRINUSE) || attempt == 2 {
-			return err
-		}
-	}
+	return pm.limeOnce(ctx, env, f, mod, expect, w, res)
 }
 
+// limeOnce loads LiME with its output on a FIFO in a fresh directory only
+// the agent's user can enter, reads the image from it, and unloads the
+// module. Not LiME's tcp: mode: a loopback port is open to every local
+// process, LiME serves the first connection, and on a compromised host
+// that could be the intruder's — who would be handed physical memory.
 func (pm *physmem) limeOnce(ctx context.Context, env Env, f *os.File, mod LimeModule, expect []lime.Range, w *lime.Writer, res *Result) (err error) {
-	port, err := freeLoopbackPort()
+	dir, err := os.MkdirTemp(pm.fifoDir, "custody-lime-")
 	if err != nil {
-		return err
+		return fmt.Errorf("LiME output FIFO: %w", err)
 	}
-	params := fmt.Sprintf("path=tcp:%d format=lime localhostonly=1 timeout=0", port)
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "lime.fifo")
+	if !plainModuleParam(path) {
+		return fmt.Errorf("LiME output FIFO %q: a module parameter cannot carry that path; set TMPDIR to a plain one", path)
+	}
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		return fmt.Errorf("LiME output FIFO: %w", err)
+	}
+	// Opened non-blocking so that the open does not wait for LiME; reads
+	// then wait in the poller once LiME has its end open, and return EOF
+	// at once before it does.
+	r, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("LiME output FIFO: %w", err)
+	}
+	if rc, err := r.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) }) // fewer, larger reads; best effort
+	}
+	params := fmt.Sprintf("path=%s format=lime timeout=0", path)
 	res.Details["module_params"] = params
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 
 	loaded := make(chan error, 1)
 	go func() { loaded <- pm.modules.Load(f, params) }()
+	src := &limeFIFO{f: r, loaded: loaded}
 
-	var (
-		loadErr  error
-		loadDone bool
-		conn     net.Conn
-	)
 	// Whatever happens, LiME's init must return and the module must go.
 	defer func() {
-		if conn != nil {
-			conn.Close()
+		returned := src.finish(pm.unloadWait)
+		r.Close()
+		if !returned {
+			returned = src.wait(pm.unloadWait)
 		}
-		if !loadDone {
-			var returned bool
-			returned, loadErr = pm.awaitLoad(addr, loaded, conn == nil)
-			if !returned {
-				res.Details["module_load"] = "still loading after " + pm.unloadWait.String()
-				err = errors.Join(err, fmt.Errorf("LiME's init has not returned after %s; unload it with rmmod %s once it does", pm.unloadWait, mod.Name))
-				return
-			}
+		if !returned {
+			res.Details["module_load"] = "still loading after " + pm.unloadWait.String()
+			err = errors.Join(err, fmt.Errorf("LiME's init has not returned after %s; unload it with rmmod %s once it does", pm.unloadWait, mod.Name))
+			return
 		}
-		if loadErr != nil {
-			res.Details["module_load"] = "failed: " + loadErr.Error()
-			if err == nil {
-				err = loadError(env, loadErr)
+		if src.loadErr != nil {
+			res.Details["module_load"] = "failed: " + src.loadErr.Error()
+			if err == nil || !src.opened {
+				err = loadError(env, src.loadErr)
 			}
 			return
 		}
@@ -302,37 +313,18 @@ func (pm *physmem) limeOnce(ctx context.Context, env Env, f *os.File, mod LimeMo
 			res.Details["module_unload"] = "ok"
 		}
 	}()
-
-	// LiME listens only once its init has started; dial until it answers
-	// or its init gives up.
-	d := net.Dialer{Timeout: time.Second}
-	for conn == nil {
-		c, derr := d.DialContext(ctx, "tcp", addr)
-		if derr == nil {
-			conn = c
-			break
-		}
-		select {
-		case loadErr = <-loaded:
-			loadDone = true
-			if loadErr != nil {
-				return loadError(env, loadErr)
-			}
-			return errors.New("LiME finished without accepting the agent's connection")
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	stop := context.AfterFunc(ctx, func() { r.SetReadDeadline(time.Now()) })
 	defer stop()
 
-	lr := lime.NewReader(bufio.NewReaderSize(conn, 1<<20))
+	lr := lime.NewReader(bufio.NewReaderSize(src, 1<<20))
 	buf := make([]byte, 1<<20)
 	for i := 0; ; i++ {
 		rg, err := lr.Next()
 		if err == io.EOF {
 			if i < len(expect) {
+				if src.loadDone && src.loadErr != nil && !src.opened {
+					return loadError(env, src.loadErr)
+				}
 				return fmt.Errorf("LiME stream ended after %d of %d ranges (%d bytes)", i, len(expect), lr.Offset())
 			}
 			break
@@ -359,50 +351,95 @@ func (pm *physmem) limeOnce(ctx context.Context, env Env, f *os.File, mod LimeMo
 			}
 		}
 	}
-	// The stream is complete; now the init's verdict.
-	select {
-	case loadErr = <-loaded:
-		loadDone = true
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 	return nil
+}
+
+// limeFIFO reads LiME's output FIFO. Until LiME's init opens its end, a
+// read of the FIFO returns EOF at once: that is waited out, not taken for
+// the end of the stream, unless the init has returned.
+type limeFIFO struct {
+	f        *os.File
+	loaded   <-chan error
+	loadErr  error
+	loadDone bool
+	opened   bool // data arrived: LiME has (had) its end open
+}
+
+func (l *limeFIFO) Read(p []byte) (int, error) {
+	for {
+		n, err := l.f.Read(p)
+		if n > 0 {
+			l.opened = true
+			return n, nil
+		}
+		if err != io.EOF {
+			return 0, err
+		}
+		if l.opened || l.loadDone {
+			return 0, io.EOF
+		}
+		select {
+		case l.loadErr = <-l.loaded:
+			// Read once more: what LiME wrote before returning is still
+			// in the FIFO.
+			l.loadDone = true
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// finish makes sure LiME's init is not left waiting on the FIFO before its
+// read end is closed: once LiME has its end open (or its init returned),
+// closing the read end makes its remaining writes fail at once, and it
+// returns; closing it before LiME opened its end would leave LiME's open
+// blocked for good. So until one of those is known, it reads (and drops)
+// until the first byte arrives, for at most max. It reports whether the
+// init has returned.
+func (l *limeFIFO) finish(max time.Duration) bool {
+	if l.loadDone {
+		return true
+	}
+	if !l.opened {
+		l.f.SetReadDeadline(time.Now().Add(max))
+		var b [4096]byte
+		for !l.opened && !l.loadDone {
+			if _, err := l.Read(b[:]); err != nil {
+				break
+			}
+		}
+	}
+	return l.loadDone
+}
+
+// wait waits up to max for LiME's init to return.
+func (l *limeFIFO) wait(max time.Duration) bool {
+	if l.loadDone {
+		return true
+	}
+	select {
+	case l.loadErr = <-l.loaded:
+		l.loadDone = true
+	case <-time.After(max):
+	}
+	return l.loadDone
+}
+
+// plainModuleParam reports whether path can be a module parameter as is:
+// the kernel splits parameters at spaces and treats quotes specially.
+func plainModuleParam(path string) bool {
+	for _, c := range path {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("/._-+", c)) {
+			return false
+		}
+	}
+	return path != ""
 }
 
 func limeStreamError(ctx context.Context, i int, lr *lime.Reader, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if lr.Offset() == 0 {
-		// LiME accepts one connection. If another local process took it,
-		// the agent's connection waits in the backlog until LiME closes
-		// its socket, and nothing ever arrives.
-		return fmt.Errorf("LiME stream: nothing arrived (%w); if LiME's init succeeded, another local process connected to its port first", err)
-	}
 	return fmt.Errorf("LiME stream, range %d, offset %d: %w", i, lr.Offset(), err)
-}
-
-// awaitLoad waits for LiME's init to return. If it may still be waiting
-// for a connection (the agent never connected), it is given one, closed at
-// once, so that it stops waiting: its writes then fail and it returns.
-func (pm *physmem) awaitLoad(addr string, loaded <-chan error, unblock bool) (returned bool, loadErr error) {
-	deadline := time.After(pm.unloadWait)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case err := <-loaded:
-			return true, err
-		case <-deadline:
-			return false, nil
-		case <-tick.C:
-			if unblock {
-				if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-					c.Close()
-				}
-			}
-		}
-	}
 }
 
 // loadError names the host setting behind a refused module.
@@ -426,15 +463,6 @@ func limePadding(r lime.Range, page uint64) []Range {
 		return []Range{{Start: end - tail, End: end, Reason: "partial page, written as zeros by the LiME module"}}
 	}
 	return nil
-}
-
-func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a loopback port for LiME: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // moduleLoaded reports whether /proc/modules lists name.

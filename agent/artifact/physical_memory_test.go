@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -255,19 +254,20 @@ func TestKcoreCancel(t *testing.T) {
 }
 
 // fakeLime stands in for the kernel: Load behaves like LiME's init with
-// path=tcp:PORT — listen on loopback, accept one connection, write the
-// stream, return 0 whatever happened to the writes.
+// path=FILE — open FILE for writing (for the agent's FIFO, that waits for
+// a reader), write the stream, close it, and return 0 whatever happened to
+// the writes.
 type fakeLime struct {
 	t       *testing.T
 	stream  func(w io.Writer) error
 	loadErr error         // returned at once, as the kernel refuses a module
-	delay   time.Duration // before listening
+	delay   time.Duration // before opening the output
 	mu      sync.Mutex
 	params  []string
 	unloads []string
 }
 
-var portParam = regexp.MustCompile(`^path=tcp:(\d+) format=lime localhostonly=1 timeout=0$`)
+var pathParam = regexp.MustCompile(`^path=(/\S+/custody-lime-\d+/lime\.fifo) format=lime timeout=0$`)
 
 func (f *fakeLime) Load(file *os.File, params string) error {
 	f.mu.Lock()
@@ -276,23 +276,24 @@ func (f *fakeLime) Load(file *os.File, params string) error {
 	if f.loadErr != nil {
 		return f.loadErr
 	}
-	m := portParam.FindStringSubmatch(params)
+	m := pathParam.FindStringSubmatch(params)
 	if m == nil {
 		f.t.Errorf("LiME parameters %q", params)
 		return unix.EINVAL
 	}
-	time.Sleep(f.delay)
-	l, err := net.Listen("tcp", "127.0.0.1:"+m[1])
-	if err != nil {
-		return unix.EADDRINUSE
+	if fi, err := os.Stat(m[1]); err != nil || fi.Mode()&os.ModeNamedPipe == 0 || fi.Mode().Perm() != 0o600 {
+		f.t.Errorf("LiME output %s: %v, %v; want a FIFO only the agent can open", m[1], fi.Mode(), err)
 	}
-	defer l.Close()
-	c, err := l.Accept()
+	if fi, err := os.Stat(filepath.Dir(m[1])); err != nil || fi.Mode().Perm() != 0o700 {
+		f.t.Errorf("LiME output directory: %v, %v; want 0700", fi.Mode(), err)
+	}
+	time.Sleep(f.delay)
+	out, err := os.OpenFile(m[1], os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	f.stream(c) // LiME ignores its write errors
+	defer out.Close()
+	f.stream(out) // LiME ignores its write errors
 	return nil
 }
 
@@ -322,12 +323,20 @@ func TestPhysicalMemoryFromLime(t *testing.T) {
 	m := newMachine(t)
 	fake := &fakeLime{t: t, stream: limeStream(m.top)}
 	var out bytes.Buffer
-	res, err := testPhysmem(fake).collect(context.Background(), m.env, Params{"source": "lime", "lime_dir": m.limeDir}, &out)
+	pm := testPhysmem(fake)
+	pm.fifoDir = t.TempDir()
+	res, err := pm.collect(context.Background(), m.env, Params{"source": "lime", "lime_dir": m.limeDir}, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(out.Bytes(), wantImage(m.top, []Range{{Start: 0x9f000, End: 0x9fc00}})) {
 		t.Error("image differs from LiME's stream")
+	}
+	if left, _ := os.ReadDir(pm.fifoDir); len(left) != 0 {
+		t.Errorf("LiME's FIFO directory left behind: %v", left)
+	}
+	if !strings.HasPrefix(res.Details["module_params"], "path="+pm.fifoDir+"/custody-lime-") {
+		t.Errorf("module_params = %q, want LiME writing to a FIFO under %s", res.Details["module_params"], pm.fifoDir)
 	}
 	want := []Range{
 		{Start: 0x500000, End: 0x580000, Reason: "nested System RAM, which the LiME module does not dump"},
@@ -457,13 +466,13 @@ func cut(stream func(io.Writer) error, n int64) func(io.Writer) error {
 }
 
 // A cancelled capture still waits for LiME's init and unloads the module:
-// before LiME listens (the agent connects and hangs up so that LiME stops
-// waiting) and in the middle of the stream.
+// before LiME opens its output (the agent keeps the FIFO open until it
+// does, or LiME would wait for a reader for good) and mid-stream.
 func TestPhysicalMemoryLimeCancel(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
 		delay time.Duration
-	}{{"before connect", 300 * time.Millisecond}, {"mid-stream", 0}} {
+	}{{"before LiME opens its output", 300 * time.Millisecond}, {"mid-stream", 0}} {
 		t.Run(tt.name, func(t *testing.T) {
 			m := newMachine(t)
 			ctx, cancel := context.WithCancel(context.Background())

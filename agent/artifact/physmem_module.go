@@ -190,8 +190,6 @@ func moduleRefusal(sysRoot, procRoot string, err error) string {
 		return "a module named lime is already loaded"
 	case errors.Is(err, unix.ENOEXEC):
 		return "the kernel does not accept this lime.ko (built for another kernel or configuration)"
-	case errors.Is(err, unix.EADDRINUSE):
-		return "the loopback port chosen for LiME was taken"
 	}
 	return ""
 }

@@ -91,6 +91,11 @@ func TestVM(t *testing.T) {
 		if limeArt.Details["module_unload"] != "ok" {
 			t.Errorf("LiME module not unloaded: %v", limeArt.Details)
 		}
+		// LiME writes to a FIFO only the agent can open, never to a
+		// loopback port any local process could connect to first.
+		if p := limeArt.Details["module_params"]; !regexp.MustCompile(`^path=/\S+/custody-lime-\d+/lime\.fifo format=lime `).MatchString(p) {
+			t.Errorf("LiME module parameters %q: want its output on the agent's FIFO", p)
+		}
 		h.report(t, g, kcore, limeArt)
 	})
 
