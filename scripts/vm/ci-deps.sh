@@ -20,8 +20,28 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/kernel.env"
 : "${KERNEL_ABI:?kernel.env must set KERNEL_ABI}"
 CACHE=${CUSTODY_VM_CACHE:-/var/cache/custody-vm}
-out=$CACHE/$KERNEL_ABI
 export DEBIAN_FRONTEND=noninteractive
+
+# Debian drops an ABI's packages from the archive some point releases after
+# a newer one arrives. If the pinned one is gone, take the newest ABI of
+# the same series whose image and headers are both there, and record the
+# choice for the test (vm.KernelABI reads it); bump kernel.env when this
+# says so.
+PIN=$KERNEL_ABI
+available() { apt-cache show "linux-image-$1" >/dev/null 2>&1 && apt-cache show "linux-headers-$1" >/dev/null 2>&1; }
+if ! available "$PIN"; then
+	apt-get update -qq
+fi
+if ! available "$PIN"; then
+	series=${PIN%-*-amd64} # 6.1.0
+	KERNEL_ABI=$(apt-cache search --names-only "^linux-headers-${series//./\\.}-[0-9]+-amd64\$" |
+		awk '{print $1}' | sed 's/^linux-headers-//' | sort -V | while read -r abi; do available "$abi" && echo "$abi"; done | tail -1)
+	[ -n "$KERNEL_ABI" ] || { echo "scripts/vm: neither $PIN nor any other $series kernel is in the archive" >&2; exit 1; }
+	echo "scripts/vm: $PIN is no longer in the archive; using $KERNEL_ABI (bump scripts/vm/kernel.env)" >&2
+fi
+mkdir -p "$CACHE"
+printf 'PIN=%s\nABI=%s\n' "$PIN" "$KERNEL_ABI" >"$CACHE/abi"
+out=$CACHE/$KERNEL_ABI
 
 pkgs=(qemu-system-x86 busybox-static gcc make "linux-headers-$KERNEL_ABI")
 missing=()

@@ -11,5 +11,7 @@
 // Run it with `make test-vm` (it also runs in `make test`); prepare the
 // machine once with `sudo scripts/vm/ci-deps.sh`. The pinned kernel is in
 // kernel.env; changing it there changes the cache directory, so the next
-// ci-deps.sh run builds LiME for the new kernel.
+// ci-deps.sh run builds LiME for the new kernel. When Debian's archive no
+// longer carries the pinned kernel, ci-deps.sh builds for the newest one of
+// the same series and says so (see KernelABI).
 package vm

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 
@@ -73,5 +75,28 @@ func TestInitramfs(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, readNewc(t, raw)); diff != "" {
 		t.Errorf("archive (-want +got):\n%s", diff)
+	}
+}
+
+// ci-deps.sh records the kernel it fell back to when the pinned one left
+// Debian's archive; the test boots that one, but only for the pin it
+// replaced.
+func TestKernelABIFallback(t *testing.T) {
+	pin := envValue(kernelEnv, "KERNEL_ABI")
+	dir := t.TempDir()
+	t.Setenv("CUSTODY_VM_CACHE", dir)
+	if got := KernelABI(); got != pin {
+		t.Fatalf("no abi file: KernelABI() = %q, want the pin %q", got, pin)
+	}
+	os.WriteFile(filepath.Join(dir, "abi"), []byte("PIN="+pin+"\nABI=6.1.0-99-amd64\n"), 0o644)
+	if got := KernelABI(); got != "6.1.0-99-amd64" {
+		t.Errorf("fallback recorded for this pin: KernelABI() = %q", got)
+	}
+	if got := DefaultCache().Dir; got != filepath.Join(dir, "6.1.0-99-amd64") {
+		t.Errorf("DefaultCache().Dir = %q", got)
+	}
+	os.WriteFile(filepath.Join(dir, "abi"), []byte("PIN=5.10.0-1-amd64\nABI=6.1.0-99-amd64\n"), 0o644)
+	if got := KernelABI(); got != pin {
+		t.Errorf("fallback recorded for another pin: KernelABI() = %q, want %q", got, pin)
 	}
 }

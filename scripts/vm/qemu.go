@@ -18,14 +18,40 @@ import (
 //go:embed kernel.env
 var kernelEnv string
 
-// KernelABI is the pinned guest kernel, from kernel.env.
+// KernelABI is the guest kernel: the one kernel.env pins, unless
+// ci-deps.sh found it gone from Debian's archive and built the pieces for
+// a newer one, which it records in the cache's "abi" file next to the pin
+// it replaced.
 func KernelABI() string {
-	for _, line := range strings.Split(kernelEnv, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "KERNEL_ABI="); ok {
+	pin := envValue(kernelEnv, "KERNEL_ABI")
+	if pin == "" {
+		panic("scripts/vm/kernel.env sets no KERNEL_ABI")
+	}
+	if b, err := os.ReadFile(filepath.Join(cacheRoot(), "abi")); err == nil {
+		if envValue(string(b), "PIN") == pin {
+			if abi := envValue(string(b), "ABI"); abi != "" {
+				return abi
+			}
+		}
+	}
+	return pin
+}
+
+// envValue is KEY's value in KEY=VALUE lines.
+func envValue(text, key string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), key+"="); ok {
 			return v
 		}
 	}
-	panic("scripts/vm/kernel.env sets no KERNEL_ABI")
+	return ""
+}
+
+func cacheRoot() string {
+	if root := os.Getenv("CUSTODY_VM_CACHE"); root != "" {
+		return root
+	}
+	return "/var/cache/custody-vm"
 }
 
 // Cache is where ci-deps.sh leaves the guest's pieces:
@@ -36,11 +62,7 @@ type Cache struct {
 
 // DefaultCache is the cache ci-deps.sh fills for the pinned kernel.
 func DefaultCache() Cache {
-	root := os.Getenv("CUSTODY_VM_CACHE")
-	if root == "" {
-		root = "/var/cache/custody-vm"
-	}
-	return Cache{Dir: filepath.Join(root, KernelABI())}
+	return Cache{Dir: filepath.Join(cacheRoot(), KernelABI())}
 }
 
 func (c Cache) Kernel() string  { return filepath.Join(c.Dir, "vmlinuz") }
