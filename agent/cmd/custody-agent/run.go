@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -43,31 +41,11 @@ func newLogger(format string) *slog.Logger {
 	return slog.New(h)
 }
 
-// footprint keeps the agent a polite guest on a production host: few
-// threads for Go code, and a soft memory limit the garbage collector works
-// to stay under, whatever is being captured.
-//
-// The default limit is what a capture needs with room to spare: buffers for
-// one 4 MiB chunk being read, one being compressed and three in flight.
-// Without it the garbage collector's heap goal doubles whatever is live, and a
-// physical memory capture measured 124 MiB peak RSS in a 256 MiB guest (71 MiB
-// with the limit, same throughput: scripts/vm).
-func footprint(procs int, memLimitMiB int64) {
-	if procs > 0 {
-		runtime.GOMAXPROCS(procs)
-	}
-	if memLimitMiB > 0 {
-		debug.SetMemoryLimit(memLimitMiB << 20)
-	}
-}
-
-const defaultMemLimitMiB = 64
 
 func runCmd() *cobra.Command {
 	var cfg session.Config
 	var tokenFile, logFormat string
-	var procs int
-	var memLimit int64
+	var lim limits
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run as a daemon: enrol, keep a session to the collector, execute tasks",
@@ -77,8 +55,10 @@ $CUSTODY_JOIN_TOKEN or --join-token-file (never from the command line, where ps 
 show it), and keeps its key and certificate in --state-dir.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			footprint(procs, memLimit)
 			cfg.Logger = newLogger(logFormat)
+			if err := lim.apply(cfg.Logger); err != nil {
+				return err
+			}
 			cfg.Version = version
 			cfg.JoinToken = os.Getenv("CUSTODY_JOIN_TOKEN")
 			if tokenFile != "" {
@@ -99,8 +79,7 @@ show it), and keeps its key and certificate in --state-dir.`,
 	f.StringVar(&tokenFile, "join-token-file", "", "file holding a join token")
 	f.StringVar(&cfg.Env.ProcRoot, "proc", "/proc", "procfs root")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
-	f.IntVar(&procs, "max-procs", 2, "GOMAXPROCS: CPU threads the agent may use (0: all)")
-	f.Int64Var(&memLimit, "memory-limit-mib", defaultMemLimitMiB, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
+	lim.addFlags(f)
 	f.DurationVar(&cfg.MaxBackoff, "max-backoff", time.Minute, "longest wait between reconnects")
 	return cmd
 }
@@ -115,8 +94,7 @@ func envOr(key, def string) string {
 func collectCmd() *cobra.Command {
 	var out, caseID, reason, path, pid, logFormat string
 	var arts, params []string
-	var procs int
-	var memLimit int64
+	var lim limits
 	var env artifact.Env
 	cmd := &cobra.Command{
 		Use:   "collect",
@@ -125,7 +103,9 @@ func collectCmd() *cobra.Command {
   custody-agent collect --artifacts file --path /var/tmp/mem.lime --out /mnt/evidence/ir-1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			footprint(procs, memLimit)
+			if err := lim.apply(newLogger(logFormat)); err != nil {
+				return err
+			}
 			if out == "" {
 				return errors.New("--out DIR is required")
 			}
@@ -187,7 +167,6 @@ func collectCmd() *cobra.Command {
 	f.StringArrayVar(&params, "param", nil, "artifact parameter ARTIFACT.KEY=VALUE (repeatable)")
 	f.StringVar(&env.ProcRoot, "proc", "/proc", "procfs root")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
-	f.IntVar(&procs, "max-procs", 2, "GOMAXPROCS: CPU threads the agent may use (0: all)")
-	f.Int64Var(&memLimit, "memory-limit-mib", defaultMemLimitMiB, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
+	lim.addFlags(f)
 	return cmd
 }
