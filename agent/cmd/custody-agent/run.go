@@ -14,6 +14,7 @@ import (
 	"github.com/custodyhq/custody/agent/artifact"
 	"github.com/custodyhq/custody/agent/local"
 	"github.com/custodyhq/custody/agent/session"
+	"github.com/custodyhq/custody/internal/artifactflags"
 	"github.com/custodyhq/custody/internal/manifest"
 )
 
@@ -40,7 +41,6 @@ func newLogger(format string) *slog.Logger {
 	}
 	return slog.New(h)
 }
-
 
 func runCmd() *cobra.Command {
 	var cfg session.Config
@@ -92,8 +92,9 @@ func envOr(key, def string) string {
 }
 
 func collectCmd() *cobra.Command {
-	var out, caseID, reason, path, pid, logFormat string
-	var arts, params []string
+	var out, caseID, reason, logFormat string
+	var arts []string
+	var artFlags *artifactflags.Set
 	var lim limits
 	var env artifact.Env
 	cmd := &cobra.Command{
@@ -109,34 +110,13 @@ func collectCmd() *cobra.Command {
 			if out == "" {
 				return errors.New("--out DIR is required")
 			}
+			byName, err := artFlags.Params(arts)
+			if err != nil {
+				return err
+			}
 			var reqs []local.Request
-			byName := map[string]artifact.Params{}
 			for _, a := range arts {
-				p := artifact.Params{}
-				byName[a] = p
-				reqs = append(reqs, local.Request{Name: a, Params: p})
-			}
-			if pid != "" {
-				p, ok := byName["process_memory"]
-				if !ok {
-					return errors.New("--pid is the process_memory artifact's parameter; add process_memory to --artifacts")
-				}
-				p["pid"] = pid
-			}
-			if path != "" {
-				p, ok := byName["file"]
-				if !ok {
-					return errors.New("--path is the file artifact's parameter; add file to --artifacts")
-				}
-				p["path"] = path
-			}
-			for _, kv := range params {
-				k, v, ok := strings.Cut(kv, "=")
-				art, key, ok2 := strings.Cut(k, ".")
-				if !ok || !ok2 || byName[art] == nil {
-					return fmt.Errorf("--param %q: want ARTIFACT.KEY=VALUE for a requested artifact", kv)
-				}
-				byName[art][key] = v
+				reqs = append(reqs, local.Request{Name: a, Params: byName[a]})
 			}
 			log := newLogger(logFormat)
 			facts := session.HostFacts(env)
@@ -162,9 +142,7 @@ func collectCmd() *cobra.Command {
 	f.StringSliceVar(&arts, "artifacts", []string{"host", "processes"}, "artifacts to capture: "+strings.Join(artifact.Names(), ", "))
 	f.StringVar(&caseID, "case", "local", "case id recorded in the manifest")
 	f.StringVar(&reason, "reason", "", "why this evidence is collected")
-	f.StringVar(&path, "path", "", "path for the file artifact")
-	f.StringVar(&pid, "pid", "", "pids (comma list) for the process_memory artifact")
-	f.StringArrayVar(&params, "param", nil, "artifact parameter ARTIFACT.KEY=VALUE (repeatable)")
+	artFlags = artifactflags.Register(f)
 	f.StringVar(&env.ProcRoot, "proc", "/proc", "procfs root")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	lim.addFlags(f)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/custodyhq/custody/internal/artifactflags"
 	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
 )
 
@@ -95,8 +96,9 @@ func agentsCmd(client clientFunc) *cobra.Command {
 }
 
 func collectCmd(client clientFunc) *cobra.Command {
-	var agent, caseID, reason, out, path, pid string
-	var artifacts, params []string
+	var agent, caseID, reason, out string
+	var artifacts []string
+	var artFlags *artifactflags.Set
 	var wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
@@ -106,34 +108,13 @@ func collectCmd(client clientFunc) *cobra.Command {
   custodyctl collect --agent ID --artifacts file --path /var/tmp/mem.lime --case IR-1 --wait -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			params, err := artFlags.Params(artifacts)
+			if err != nil {
+				return err
+			}
 			req := &custodyv1.CreateCollectionRequest{AgentId: agent, CaseId: caseID, Reason: reason}
-			specs := map[string]*custodyv1.ArtifactSpec{}
 			for _, name := range artifacts {
-				s := &custodyv1.ArtifactSpec{Name: name, Params: map[string]string{}}
-				specs[name] = s
-				req.Artifacts = append(req.Artifacts, s)
-			}
-			if pid != "" {
-				s, ok := specs["process_memory"]
-				if !ok {
-					return fmt.Errorf("--pid is the process_memory artifact's parameter; add process_memory to --artifacts")
-				}
-				s.Params["pid"] = pid
-			}
-			if path != "" {
-				s, ok := specs["file"]
-				if !ok {
-					return fmt.Errorf("--path is the file artifact's parameter; add file to --artifacts")
-				}
-				s.Params["path"] = path
-			}
-			for _, p := range params {
-				k, v, ok := strings.Cut(p, "=")
-				art, key, ok2 := strings.Cut(k, ".")
-				if !ok || !ok2 || specs[art] == nil {
-					return fmt.Errorf("--param %q: want ARTIFACT.KEY=VALUE for a requested artifact", p)
-				}
-				specs[art].Params[key] = v
+				req.Artifacts = append(req.Artifacts, &custodyv1.ArtifactSpec{Name: name, Params: params[name]})
 			}
 			c, done, err := client()
 			if err != nil {
@@ -186,9 +167,7 @@ func collectCmd(client clientFunc) *cobra.Command {
 	f.StringSliceVar(&artifacts, "artifacts", []string{"host", "processes"}, "artifacts to capture")
 	f.StringVar(&caseID, "case", "", "case id (letters, digits, '.', '_', '-')")
 	f.StringVar(&reason, "reason", "", "why this evidence is collected (recorded in the manifest)")
-	f.StringVar(&path, "path", "", "path for the file artifact")
-	f.StringVar(&pid, "pid", "", "pids (comma list) for the process_memory artifact")
-	f.StringArrayVar(&params, "param", nil, "artifact parameter ARTIFACT.KEY=VALUE (repeatable)")
+	artFlags = artifactflags.Register(f)
 	f.BoolVar(&wait, "wait", false, "wait for the collection to finish, showing progress")
 	f.DurationVar(&timeout, "timeout", 0, "with --wait: give up waiting after this long (0: never)")
 	outputFlag(cmd, &out)
