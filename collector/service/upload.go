@@ -165,15 +165,24 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 	var sinceCheckpoint int64
 	// Receive on a goroutine so that a newer stream for this artifact can
 	// take over even while this one waits for a message that never comes.
+	// It receives only when asked: reading ahead would hold a second
+	// decoded chunk per upload, and what the agent sends meanwhile waits
+	// in gRPC's flow-control window (ServerOptions), bounded.
 	type received struct {
 		msg *custodyv1.UploadRequest
 		err error
 	}
 	recv := make(chan received)
+	want := make(chan struct{}, 1)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
 		for {
+			select {
+			case <-want:
+			case <-stop:
+				return
+			}
 			m, err := stream.Recv()
 			select {
 			case recv <- received{m, err}:
@@ -188,6 +197,7 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 	for {
 		var msg *custodyv1.UploadRequest
 		var err error
+		want <- struct{}{}
 		select {
 		case r := <-recv:
 			msg, err = r.msg, r.err
