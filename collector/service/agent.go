@@ -56,8 +56,8 @@ func (s *Server) Enroll(ctx context.Context, req *custodyv1.EnrollRequest) (*cus
 // Renew issues a fresh certificate for the caller's own identity.
 func (s *Server) Renew(ctx context.Context, req *custodyv1.RenewRequest) (*custodyv1.RenewResponse, error) {
 	c, _ := callerFrom(ctx)
-	if _, err := s.db.GetAgent(ctx, c.id.Name); err != nil {
-		return nil, toStatus(fmt.Errorf("%w: renew: agent %s is not enrolled here: %v", ErrForbidden, c.id.Name, err))
+	if _, err := s.activeAgent(ctx, c); err != nil {
+		return nil, toStatus(fmt.Errorf("renew: %w", err))
 	}
 	cert, certPEM, err := s.cfg.CA.SignCSR(req.GetCsr(), c.id, s.cfg.AgentCertValidity)
 	if err != nil {
@@ -93,6 +93,11 @@ func (s *Server) Session(stream custodyv1.AgentService_SessionServer) error {
 	}
 	live := s.hub.attach(agentID)
 	defer s.hub.detach(agentID, live)
+	// Checked once attached: a revocation either sees this session and
+	// ends it, or committed before this read and is seen here.
+	if _, err := s.activeAgent(ctx, c); err != nil {
+		return toStatus(fmt.Errorf("session: %w", err))
+	}
 	log.Info("agent connected", "hostname", hello.GetHost().GetHostname(), "version", hello.GetAgentVersion())
 
 	if err := stream.Send(&custodyv1.SessionResponse{Msg: &custodyv1.SessionResponse_Welcome{Welcome: &custodyv1.Welcome{
@@ -159,11 +164,28 @@ func (s *Server) Session(stream custodyv1.AgentService_SessionServer) error {
 			}
 			return err
 		case <-live.done:
+			if live.why != nil {
+				return toStatus(live.why)
+			}
 			return toStatus(fmt.Errorf("%w: session replaced by a newer one from the same agent", ErrConflict))
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// activeAgent returns the calling agent's record; an identity that is not
+// enrolled here, or was revoked, is refused whatever its certificate says.
+func (s *Server) activeAgent(ctx context.Context, c caller) (state.Agent, error) {
+	a, err := s.db.GetAgent(ctx, c.id.Name)
+	if err != nil {
+		return a, fmt.Errorf("%w: agent %s is not enrolled here: %v", ErrForbidden, c.id.Name, err)
+	}
+	if a.Revoked() {
+		return a, fmt.Errorf("%w: agent %s was revoked at %s by %s: %s", ErrForbidden, a.ID,
+			a.RevokedAt.UTC().Format(time.RFC3339), a.RevokedBy, a.RevokeReason)
+	}
+	return a, nil
 }
 
 func (s *Server) recordHello(ctx context.Context, c caller, h *custodyv1.Hello) error {

@@ -19,9 +19,18 @@ type liveSession struct {
 	tasks chan *custodyv1.Task
 	done  chan struct{}
 	once  sync.Once
+	why   error // set before done is closed by end
 }
 
 func (s *liveSession) close() { s.once.Do(func() { close(s.done) }) }
+
+// end closes the session with a reason the agent is told.
+func (s *liveSession) end(why error) {
+	s.once.Do(func() {
+		s.why = why
+		close(s.done)
+	})
+}
 
 func newHub() *hub {
 	return &hub{sessions: map[string]*liveSession{}, watchers: map[string]chan struct{}{}}
@@ -49,6 +58,16 @@ func (h *hub) detach(agentID string, s *liveSession) {
 	}
 	h.mu.Unlock()
 	s.close()
+}
+
+// end closes agentID's live session, if any, telling it why.
+func (h *hub) end(agentID string, why error) {
+	h.mu.Lock()
+	s := h.sessions[agentID]
+	h.mu.Unlock()
+	if s != nil {
+		s.end(why)
+	}
 }
 
 func (h *hub) connected(agentID string) bool {

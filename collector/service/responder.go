@@ -38,6 +38,34 @@ func (s *Server) GetAgent(ctx context.Context, req *custodyv1.GetAgentRequest) (
 	return &custodyv1.GetAgentResponse{Agent: s.agentProto(a)}, nil
 }
 
+// RevokeAgent ends an agent identity before its certificate expires.
+func (s *Server) RevokeAgent(ctx context.Context, req *custodyv1.RevokeAgentRequest) (*custodyv1.RevokeAgentResponse, error) {
+	c, _ := callerFrom(ctx)
+	reason := strings.TrimSpace(req.GetReason())
+	if reason == "" {
+		return nil, toStatus(fmt.Errorf("%w: a revocation needs a reason (it is recorded)", ErrInvalid))
+	}
+	now := s.now()
+	a, err := s.db.UpdateAgent(ctx, req.GetAgentId(), func(a *state.Agent) {
+		if a.Revoked() {
+			return // the first revocation stands
+		}
+		a.RevokedAt, a.RevokedBy, a.RevokeReason = now, c.id.String(), reason
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	why := fmt.Errorf("%w: agent %s was revoked by %s: %s", ErrForbidden, a.ID, a.RevokedBy, a.RevokeReason)
+	s.hub.end(a.ID, why)
+	if cols, err := s.db.UnfinishedCollections(ctx, a.ID); err == nil {
+		for _, col := range cols {
+			s.failUnfinished(ctx, col.ID, "agent revoked by "+a.RevokedBy+": "+a.RevokeReason)
+		}
+	}
+	s.log.Warn("agent revoked", "agent", a.ID, "by", a.RevokedBy, "reason", a.RevokeReason)
+	return &custodyv1.RevokeAgentResponse{Agent: s.agentProto(a)}, nil
+}
+
 // CreateCollection records a request for evidence from one agent, or from
 // many at once (agent_ids: one collection each), and pushes each task to its
 // agent at once if it is connected; otherwise the task waits for the agent's
@@ -70,6 +98,9 @@ func (s *Server) CreateCollection(ctx context.Context, req *custodyv1.CreateColl
 		agent, err := s.db.GetAgent(ctx, id)
 		if err != nil {
 			return nil, toStatus(err)
+		}
+		if agent.Revoked() {
+			return nil, toStatus(fmt.Errorf("%w: agent %s was revoked at %s: %s", ErrConflict, agent.ID, agent.RevokedAt.UTC().Format(time.RFC3339), agent.RevokeReason))
 		}
 		col := state.Collection{
 			ID: newID("c", now), AgentID: agent.ID, CaseID: req.GetCaseId(), Reason: req.GetReason(),
@@ -211,6 +242,7 @@ func (s *Server) agentProto(a state.Agent) *custodyv1.Agent {
 			BootId: a.Host.BootID, InstanceId: a.Host.InstanceID, TaskArn: a.Host.TaskARN},
 		Artifacts: a.Artifacts, AgentVersion: a.Version, Connected: s.hub.connected(a.ID),
 		EnrolledAt: ts(a.EnrolledAt), LastSeen: ts(a.LastSeen), CertFingerprint: a.CertFingerprint, CertNotAfter: ts(a.CertNotAfter),
+		RevokedAt: ts(a.RevokedAt), RevokedBy: a.RevokedBy, RevokeReason: a.RevokeReason,
 	}
 }
 

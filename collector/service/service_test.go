@@ -541,3 +541,75 @@ func TestCreateCollectionValidates(t *testing.T) {
 		})
 	}
 }
+
+// A revoked agent is cut off at once, though its certificate is still
+// valid: its live session ends with the reason, it cannot start another,
+// upload or renew, its unfinished collection fails, nobody can task it,
+// and responders see who revoked it and why. Other agents are untouched.
+func TestRevokedAgentIsCutOff(t *testing.T) {
+	e := newEnv(t)
+	id, _, agent := e.enrolledAgent()
+	otherID, _, other := e.enrolledAgent()
+	r := e.responder("alice")
+	sctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	s := session(t, agent, sctx)
+	col := collect(t, r, id, "host")
+	nextTask(t, s)
+	otherSess := session(t, other, sctx)
+
+	_, err := r.RevokeAgent(ctx(t), &custodyv1.RevokeAgentRequest{AgentId: id})
+	wantCode(t, err, codes.InvalidArgument, "reason")
+	resp, err := r.RevokeAgent(ctx(t), &custodyv1.RevokeAgentRequest{AgentId: id, Reason: "host terminated after IR-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := resp.GetAgent(); a.GetRevokedAt() == nil || !strings.Contains(a.GetRevokedBy(), "alice") || a.GetRevokeReason() != "host terminated after IR-1" {
+		t.Fatalf("revoked agent: %v", a)
+	}
+
+	// The live session ends, saying why.
+	for {
+		_, err := s.Recv()
+		if err != nil {
+			wantCode(t, err, codes.PermissionDenied, "revoked")
+			break
+		}
+	}
+	// A new session, an upload and a renewal are refused.
+	s2, err := agent.Session(ctx(t))
+	if err == nil {
+		s2.Send(&custodyv1.SessionRequest{Msg: &custodyv1.SessionRequest_Hello{Hello: &custodyv1.Hello{Host: &custodyv1.HostFacts{Hostname: "test-host"}}}})
+		_, err = s2.Recv()
+	}
+	wantCode(t, err, codes.PermissionDenied, "revoked")
+	up, err := agent.Upload(ctx(t))
+	if err == nil {
+		up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
+			TaskId: col.GetCollectionId(), Artifact: "host", Extension: "json", Compression: custodyv1.Compression_COMPRESSION_ZSTD,
+		}}})
+		_, err = up.Recv()
+	}
+	wantCode(t, err, codes.PermissionDenied, "revoked")
+	_, err = agent.Renew(ctx(t), &custodyv1.RenewRequest{})
+	wantCode(t, err, codes.PermissionDenied, "revoked")
+
+	// Its collection failed with the reason; no new one can be made.
+	got := waitFinal(t, r, col.GetCollectionId())
+	if got.GetState() == custodyv1.CollectionState_COLLECTION_STATE_COMPLETE || !strings.Contains(got.GetArtifacts()[0].GetError(), "revoked") {
+		t.Fatalf("collection of the revoked agent: %v", got)
+	}
+	_, err = r.CreateCollection(ctx(t), &custodyv1.CreateCollectionRequest{AgentId: id, CaseId: "IR-2",
+		Artifacts: []*custodyv1.ArtifactSpec{{Name: "host"}}})
+	wantCode(t, err, codes.FailedPrecondition, "revoked")
+
+	// The other agent still works.
+	col2 := collect(t, r, otherID, "host")
+	if task := nextTask(t, otherSess); task.GetTaskId() != col2.GetCollectionId() {
+		t.Fatalf("other agent got task %s, want %s", task.GetTaskId(), col2.GetCollectionId())
+	}
+	g, err := r.GetAgent(ctx(t), &custodyv1.GetAgentRequest{AgentId: id})
+	if err != nil || g.GetAgent().GetRevokedAt() == nil || g.GetAgent().GetConnected() {
+		t.Fatalf("GetAgent after revocation: %v, %v", g, err)
+	}
+}

@@ -49,6 +49,9 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 	if open == nil {
 		return toStatus(fmt.Errorf("%w: upload: first message must be an open", ErrInvalid))
 	}
+	if _, err := s.activeAgent(ctx, c); err != nil {
+		return toStatus(fmt.Errorf("upload: %w", err))
+	}
 	col, err := s.db.GetCollection(ctx, open.GetTaskId())
 	if errors.Is(err, state.ErrNotFound) {
 		return toStatus(fmt.Errorf("%w: upload: no task %q for agent %s", ErrForbidden, open.GetTaskId(), c.id.Name))

@@ -217,7 +217,15 @@ type Agent struct {
 	LastSeen        time.Time `json:"last_seen"`
 	// Preflight is what the agent's host allowed at its last hello.
 	Preflight []PreflightCheck `json:"preflight,omitempty"`
+	// RevokedAt is set when a responder revoked the agent: its
+	// certificates are refused from then on.
+	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+	RevokedBy    string    `json:"revoked_by,omitempty"`
+	RevokeReason string    `json:"revoke_reason,omitempty"`
 }
+
+// Revoked reports whether the agent's identity was revoked.
+func (a Agent) Revoked() bool { return !a.RevokedAt.IsZero() }
 
 // PreflightCheck is one thing an agent's host allows or refuses.
 type PreflightCheck struct {

@@ -555,3 +555,35 @@ func TestE2ECollectorRestart(t *testing.T) {
 	requireComplete(t, col, "host", "processes")
 	c.MustCtl(ctx, "verify", col.GetCollectionId())
 }
+
+// custodyctl agents revoke cuts a running agent off: the real agent's
+// session ends with the reason, its reconnects are refused, and the
+// listing says revoked.
+func TestE2ERevokeAgent(t *testing.T) {
+	c := newCluster(t)
+	ctx := t.Context()
+	c.StartCollector("127.0.0.1:0")
+	agent := c.StartAgent("agent", c.Token(1))
+	agentID := c.WaitConnected(ctx, "")
+
+	if r := c.Ctl(ctx, "agents", "revoke", agentID); r.Code == 0 {
+		t.Fatalf("revoke without --reason succeeded:\n%s", r)
+	}
+	r := c.MustCtl(ctx, "agents", "revoke", agentID, "--reason", "instance terminated after IR-9")
+	if !strings.Contains(r.Stdout, "revoked") || !strings.Contains(r.Stdout, "instance terminated after IR-9") {
+		t.Fatalf("revoke said:\n%s", r)
+	}
+	err := Poll(ctx, Deadline, 100*time.Millisecond, func() (bool, error) {
+		return strings.Count(agent.Logs(), "was revoked") >= 2, nil // the session it had, and a reconnect
+	})
+	if err != nil {
+		t.Fatalf("the agent's log never showed the revocation twice: %v\n%s", err, agent.Logs())
+	}
+	agents, err := c.Agents(ctx)
+	if err != nil || len(agents) != 1 || agents[0].GetConnected() || agents[0].GetRevokedAt() == nil {
+		t.Fatalf("agents after revocation: %v, %v", agents, err)
+	}
+	if r := c.MustCtl(ctx, "agents"); !strings.Contains(r.Stdout, "revoked") {
+		t.Fatalf("custodyctl agents does not show the revocation:\n%s", r)
+	}
+}

@@ -86,11 +86,50 @@ func agentsCmd(client clientFunc) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "AGENT\tHOSTNAME\tCONNECTED\tKERNEL\tLAST SEEN")
 			for _, a := range resp.GetAgents() {
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", a.GetAgentId(), a.GetHost().GetHostname(), a.GetConnected(), a.GetHost().GetKernel(), fmtTime(a.GetLastSeen().AsTime()))
+				connected := fmt.Sprint(a.GetConnected())
+				if a.GetRevokedAt() != nil {
+					connected = "revoked"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.GetAgentId(), a.GetHost().GetHostname(), connected, a.GetHost().GetKernel(), fmtTime(a.GetLastSeen().AsTime()))
 			}
 			return tw.Flush()
 		},
 	}
+	outputFlag(cmd, &out)
+	cmd.AddCommand(revokeCmd(client))
+	return cmd
+}
+
+func revokeCmd(client clientFunc) *cobra.Command {
+	var reason, out string
+	cmd := &cobra.Command{
+		Use:   "revoke AGENT-ID",
+		Short: "Revoke an agent: end its session, refuse its certificates, fail its unfinished collections",
+		Long: `revoke ends an agent identity before its certificate expires: for a host that
+was decommissioned, or whose agent key may be in an intruder's hands. The host has
+to enrol again, with a new join token, to be used again.`,
+		Example: `  custodyctl agents revoke a20261122t081500-1a2b3c4d5e --reason "instance terminated after IR-1"`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := c.RevokeAgent(cmd.Context(), &custodyv1.RevokeAgentRequest{AgentId: args[0], Reason: reason})
+			if err != nil {
+				return err
+			}
+			if out == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			a := resp.GetAgent()
+			fmt.Fprintf(cmd.OutOrStdout(), "%s revoked at %s by %s: %s\n", a.GetAgentId(), fmtTime(a.GetRevokedAt().AsTime()), a.GetRevokedBy(), a.GetRevokeReason())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (required; recorded, and given to its failed collections)")
+	cmd.MarkFlagRequired("reason")
 	outputFlag(cmd, &out)
 	return cmd
 }

@@ -34,8 +34,12 @@ type Agent struct {
 	CertFingerprint string                 `protobuf:"bytes,8,opt,name=cert_fingerprint,json=certFingerprint,proto3" json:"cert_fingerprint,omitempty"`
 	CertNotAfter    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
 	Preflight       []*PreflightCheck      `protobuf:"bytes,10,rep,name=preflight,proto3" json:"preflight,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Set once the agent is revoked.
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedBy     string                 `protobuf:"bytes,12,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	RevokeReason  string                 `protobuf:"bytes,13,opt,name=revoke_reason,json=revokeReason,proto3" json:"revoke_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -136,6 +140,27 @@ func (x *Agent) GetPreflight() []*PreflightCheck {
 		return x.Preflight
 	}
 	return nil
+}
+
+func (x *Agent) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *Agent) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+func (x *Agent) GetRevokeReason() string {
+	if x != nil {
+		return x.RevokeReason
+	}
+	return ""
 }
 
 type ListAgentsRequest struct {
@@ -306,6 +331,103 @@ func (x *GetAgentResponse) GetAgent() *Agent {
 	return nil
 }
 
+type RevokeAgentRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AgentId string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// Why: recorded with the revocation and in the failed collections.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentRequest) Reset() {
+	*x = RevokeAgentRequest{}
+	mi := &file_custody_v1_responder_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentRequest) ProtoMessage() {}
+
+func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custody_v1_responder_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RevokeAgentRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *RevokeAgentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentResponse) Reset() {
+	*x = RevokeAgentResponse{}
+	mi := &file_custody_v1_responder_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentResponse) ProtoMessage() {}
+
+func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custody_v1_responder_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RevokeAgentResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
 type CreateCollectionRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	AgentId   string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
@@ -321,7 +443,7 @@ type CreateCollectionRequest struct {
 
 func (x *CreateCollectionRequest) Reset() {
 	*x = CreateCollectionRequest{}
-	mi := &file_custody_v1_responder_proto_msgTypes[5]
+	mi := &file_custody_v1_responder_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -333,7 +455,7 @@ func (x *CreateCollectionRequest) String() string {
 func (*CreateCollectionRequest) ProtoMessage() {}
 
 func (x *CreateCollectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[5]
+	mi := &file_custody_v1_responder_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -346,7 +468,7 @@ func (x *CreateCollectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCollectionRequest.ProtoReflect.Descriptor instead.
 func (*CreateCollectionRequest) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{5}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateCollectionRequest) GetAgentId() string {
@@ -394,7 +516,7 @@ type ArtifactSpec struct {
 
 func (x *ArtifactSpec) Reset() {
 	*x = ArtifactSpec{}
-	mi := &file_custody_v1_responder_proto_msgTypes[6]
+	mi := &file_custody_v1_responder_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +528,7 @@ func (x *ArtifactSpec) String() string {
 func (*ArtifactSpec) ProtoMessage() {}
 
 func (x *ArtifactSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[6]
+	mi := &file_custody_v1_responder_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +541,7 @@ func (x *ArtifactSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactSpec.ProtoReflect.Descriptor instead.
 func (*ArtifactSpec) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{6}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ArtifactSpec) GetName() string {
@@ -448,7 +570,7 @@ type CreateCollectionResponse struct {
 
 func (x *CreateCollectionResponse) Reset() {
 	*x = CreateCollectionResponse{}
-	mi := &file_custody_v1_responder_proto_msgTypes[7]
+	mi := &file_custody_v1_responder_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +582,7 @@ func (x *CreateCollectionResponse) String() string {
 func (*CreateCollectionResponse) ProtoMessage() {}
 
 func (x *CreateCollectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[7]
+	mi := &file_custody_v1_responder_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +595,7 @@ func (x *CreateCollectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCollectionResponse.ProtoReflect.Descriptor instead.
 func (*CreateCollectionResponse) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{7}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateCollectionResponse) GetCollection() *Collection {
@@ -511,7 +633,7 @@ type Collection struct {
 
 func (x *Collection) Reset() {
 	*x = Collection{}
-	mi := &file_custody_v1_responder_proto_msgTypes[8]
+	mi := &file_custody_v1_responder_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +645,7 @@ func (x *Collection) String() string {
 func (*Collection) ProtoMessage() {}
 
 func (x *Collection) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[8]
+	mi := &file_custody_v1_responder_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +658,7 @@ func (x *Collection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Collection.ProtoReflect.Descriptor instead.
 func (*Collection) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{8}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Collection) GetCollectionId() string {
@@ -642,7 +764,7 @@ type ArtifactStatus struct {
 
 func (x *ArtifactStatus) Reset() {
 	*x = ArtifactStatus{}
-	mi := &file_custody_v1_responder_proto_msgTypes[9]
+	mi := &file_custody_v1_responder_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +776,7 @@ func (x *ArtifactStatus) String() string {
 func (*ArtifactStatus) ProtoMessage() {}
 
 func (x *ArtifactStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[9]
+	mi := &file_custody_v1_responder_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +789,7 @@ func (x *ArtifactStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactStatus.ProtoReflect.Descriptor instead.
 func (*ArtifactStatus) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{9}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ArtifactStatus) GetName() string {
@@ -749,7 +871,7 @@ type GetCollectionRequest struct {
 
 func (x *GetCollectionRequest) Reset() {
 	*x = GetCollectionRequest{}
-	mi := &file_custody_v1_responder_proto_msgTypes[10]
+	mi := &file_custody_v1_responder_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +883,7 @@ func (x *GetCollectionRequest) String() string {
 func (*GetCollectionRequest) ProtoMessage() {}
 
 func (x *GetCollectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[10]
+	mi := &file_custody_v1_responder_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +896,7 @@ func (x *GetCollectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCollectionRequest.ProtoReflect.Descriptor instead.
 func (*GetCollectionRequest) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{10}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetCollectionRequest) GetCollectionId() string {
@@ -793,7 +915,7 @@ type GetCollectionResponse struct {
 
 func (x *GetCollectionResponse) Reset() {
 	*x = GetCollectionResponse{}
-	mi := &file_custody_v1_responder_proto_msgTypes[11]
+	mi := &file_custody_v1_responder_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +927,7 @@ func (x *GetCollectionResponse) String() string {
 func (*GetCollectionResponse) ProtoMessage() {}
 
 func (x *GetCollectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[11]
+	mi := &file_custody_v1_responder_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +940,7 @@ func (x *GetCollectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCollectionResponse.ProtoReflect.Descriptor instead.
 func (*GetCollectionResponse) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{11}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetCollectionResponse) GetCollection() *Collection {
@@ -837,7 +959,7 @@ type WatchCollectionRequest struct {
 
 func (x *WatchCollectionRequest) Reset() {
 	*x = WatchCollectionRequest{}
-	mi := &file_custody_v1_responder_proto_msgTypes[12]
+	mi := &file_custody_v1_responder_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +971,7 @@ func (x *WatchCollectionRequest) String() string {
 func (*WatchCollectionRequest) ProtoMessage() {}
 
 func (x *WatchCollectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[12]
+	mi := &file_custody_v1_responder_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +984,7 @@ func (x *WatchCollectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchCollectionRequest.ProtoReflect.Descriptor instead.
 func (*WatchCollectionRequest) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{12}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchCollectionRequest) GetCollectionId() string {
@@ -881,7 +1003,7 @@ type WatchCollectionResponse struct {
 
 func (x *WatchCollectionResponse) Reset() {
 	*x = WatchCollectionResponse{}
-	mi := &file_custody_v1_responder_proto_msgTypes[13]
+	mi := &file_custody_v1_responder_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +1015,7 @@ func (x *WatchCollectionResponse) String() string {
 func (*WatchCollectionResponse) ProtoMessage() {}
 
 func (x *WatchCollectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[13]
+	mi := &file_custody_v1_responder_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1028,7 @@ func (x *WatchCollectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchCollectionResponse.ProtoReflect.Descriptor instead.
 func (*WatchCollectionResponse) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{13}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchCollectionResponse) GetCollection() *Collection {
@@ -925,7 +1047,7 @@ type ListEvidenceRequest struct {
 
 func (x *ListEvidenceRequest) Reset() {
 	*x = ListEvidenceRequest{}
-	mi := &file_custody_v1_responder_proto_msgTypes[14]
+	mi := &file_custody_v1_responder_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1059,7 @@ func (x *ListEvidenceRequest) String() string {
 func (*ListEvidenceRequest) ProtoMessage() {}
 
 func (x *ListEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[14]
+	mi := &file_custody_v1_responder_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1072,7 @@ func (x *ListEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*ListEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{14}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListEvidenceRequest) GetCollectionId() string {
@@ -969,7 +1091,7 @@ type ListEvidenceResponse struct {
 
 func (x *ListEvidenceResponse) Reset() {
 	*x = ListEvidenceResponse{}
-	mi := &file_custody_v1_responder_proto_msgTypes[15]
+	mi := &file_custody_v1_responder_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1103,7 @@ func (x *ListEvidenceResponse) String() string {
 func (*ListEvidenceResponse) ProtoMessage() {}
 
 func (x *ListEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[15]
+	mi := &file_custody_v1_responder_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1116,7 @@ func (x *ListEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*ListEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{15}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListEvidenceResponse) GetObjects() []*EvidenceObject {
@@ -1016,7 +1138,7 @@ type EvidenceObject struct {
 
 func (x *EvidenceObject) Reset() {
 	*x = EvidenceObject{}
-	mi := &file_custody_v1_responder_proto_msgTypes[16]
+	mi := &file_custody_v1_responder_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1150,7 @@ func (x *EvidenceObject) String() string {
 func (*EvidenceObject) ProtoMessage() {}
 
 func (x *EvidenceObject) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[16]
+	mi := &file_custody_v1_responder_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1163,7 @@ func (x *EvidenceObject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvidenceObject.ProtoReflect.Descriptor instead.
 func (*EvidenceObject) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{16}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EvidenceObject) GetKey() string {
@@ -1083,7 +1205,7 @@ type ReadEvidenceRequest struct {
 
 func (x *ReadEvidenceRequest) Reset() {
 	*x = ReadEvidenceRequest{}
-	mi := &file_custody_v1_responder_proto_msgTypes[17]
+	mi := &file_custody_v1_responder_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1217,7 @@ func (x *ReadEvidenceRequest) String() string {
 func (*ReadEvidenceRequest) ProtoMessage() {}
 
 func (x *ReadEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[17]
+	mi := &file_custody_v1_responder_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1230,7 @@ func (x *ReadEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*ReadEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{17}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadEvidenceRequest) GetCollectionId() string {
@@ -1134,7 +1256,7 @@ type ReadEvidenceResponse struct {
 
 func (x *ReadEvidenceResponse) Reset() {
 	*x = ReadEvidenceResponse{}
-	mi := &file_custody_v1_responder_proto_msgTypes[18]
+	mi := &file_custody_v1_responder_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1268,7 @@ func (x *ReadEvidenceResponse) String() string {
 func (*ReadEvidenceResponse) ProtoMessage() {}
 
 func (x *ReadEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_responder_proto_msgTypes[18]
+	mi := &file_custody_v1_responder_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1281,7 @@ func (x *ReadEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*ReadEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_custody_v1_responder_proto_rawDescGZIP(), []int{18}
+	return file_custody_v1_responder_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadEvidenceResponse) GetData() []byte {
@@ -1174,7 +1296,7 @@ var File_custody_v1_responder_proto protoreflect.FileDescriptor
 const file_custody_v1_responder_proto_rawDesc = "" +
 	"\n" +
 	"\x1acustody/v1/responder.proto\x12\n" +
-	"custody.v1\x1a\x17custody/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x03\n" +
+	"custody.v1\x1a\x17custody/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x04\n" +
 	"\x05Agent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12)\n" +
 	"\x04host\x18\x02 \x01(\v2\x15.custody.v1.HostFactsR\x04host\x12\x1c\n" +
@@ -1187,13 +1309,23 @@ const file_custody_v1_responder_proto_rawDesc = "" +
 	"\x10cert_fingerprint\x18\b \x01(\tR\x0fcertFingerprint\x12@\n" +
 	"\x0ecert_not_after\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter\x128\n" +
 	"\tpreflight\x18\n" +
-	" \x03(\v2\x1a.custody.v1.PreflightCheckR\tpreflight\"\x13\n" +
+	" \x03(\v2\x1a.custody.v1.PreflightCheckR\tpreflight\x129\n" +
+	"\n" +
+	"revoked_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\f \x01(\tR\trevokedBy\x12#\n" +
+	"\rrevoke_reason\x18\r \x01(\tR\frevokeReason\"\x13\n" +
 	"\x11ListAgentsRequest\"?\n" +
 	"\x12ListAgentsResponse\x12)\n" +
 	"\x06agents\x18\x01 \x03(\v2\x11.custody.v1.AgentR\x06agents\",\n" +
 	"\x0fGetAgentRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\";\n" +
 	"\x10GetAgentResponse\x12'\n" +
+	"\x05agent\x18\x01 \x01(\v2\x11.custody.v1.AgentR\x05agent\"G\n" +
+	"\x12RevokeAgentRequest\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\">\n" +
+	"\x13RevokeAgentResponse\x12'\n" +
 	"\x05agent\x18\x01 \x01(\v2\x11.custody.v1.AgentR\x05agent\"\xba\x01\n" +
 	"\x17CreateCollectionRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x126\n" +
@@ -1270,11 +1402,12 @@ const file_custody_v1_responder_proto_rawDesc = "" +
 	"\rcollection_id\x18\x01 \x01(\tR\fcollectionId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"*\n" +
 	"\x14ReadEvidenceResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xe1\x04\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xb1\x05\n" +
 	"\x10ResponderService\x12K\n" +
 	"\n" +
 	"ListAgents\x12\x1d.custody.v1.ListAgentsRequest\x1a\x1e.custody.v1.ListAgentsResponse\x12E\n" +
-	"\bGetAgent\x12\x1b.custody.v1.GetAgentRequest\x1a\x1c.custody.v1.GetAgentResponse\x12]\n" +
+	"\bGetAgent\x12\x1b.custody.v1.GetAgentRequest\x1a\x1c.custody.v1.GetAgentResponse\x12N\n" +
+	"\vRevokeAgent\x12\x1e.custody.v1.RevokeAgentRequest\x1a\x1f.custody.v1.RevokeAgentResponse\x12]\n" +
 	"\x10CreateCollection\x12#.custody.v1.CreateCollectionRequest\x1a$.custody.v1.CreateCollectionResponse\x12T\n" +
 	"\rGetCollection\x12 .custody.v1.GetCollectionRequest\x1a!.custody.v1.GetCollectionResponse\x12\\\n" +
 	"\x0fWatchCollection\x12\".custody.v1.WatchCollectionRequest\x1a#.custody.v1.WatchCollectionResponse0\x01\x12Q\n" +
@@ -1293,74 +1426,80 @@ func file_custody_v1_responder_proto_rawDescGZIP() []byte {
 	return file_custody_v1_responder_proto_rawDescData
 }
 
-var file_custody_v1_responder_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_custody_v1_responder_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_custody_v1_responder_proto_goTypes = []any{
 	(*Agent)(nil),                    // 0: custody.v1.Agent
 	(*ListAgentsRequest)(nil),        // 1: custody.v1.ListAgentsRequest
 	(*ListAgentsResponse)(nil),       // 2: custody.v1.ListAgentsResponse
 	(*GetAgentRequest)(nil),          // 3: custody.v1.GetAgentRequest
 	(*GetAgentResponse)(nil),         // 4: custody.v1.GetAgentResponse
-	(*CreateCollectionRequest)(nil),  // 5: custody.v1.CreateCollectionRequest
-	(*ArtifactSpec)(nil),             // 6: custody.v1.ArtifactSpec
-	(*CreateCollectionResponse)(nil), // 7: custody.v1.CreateCollectionResponse
-	(*Collection)(nil),               // 8: custody.v1.Collection
-	(*ArtifactStatus)(nil),           // 9: custody.v1.ArtifactStatus
-	(*GetCollectionRequest)(nil),     // 10: custody.v1.GetCollectionRequest
-	(*GetCollectionResponse)(nil),    // 11: custody.v1.GetCollectionResponse
-	(*WatchCollectionRequest)(nil),   // 12: custody.v1.WatchCollectionRequest
-	(*WatchCollectionResponse)(nil),  // 13: custody.v1.WatchCollectionResponse
-	(*ListEvidenceRequest)(nil),      // 14: custody.v1.ListEvidenceRequest
-	(*ListEvidenceResponse)(nil),     // 15: custody.v1.ListEvidenceResponse
-	(*EvidenceObject)(nil),           // 16: custody.v1.EvidenceObject
-	(*ReadEvidenceRequest)(nil),      // 17: custody.v1.ReadEvidenceRequest
-	(*ReadEvidenceResponse)(nil),     // 18: custody.v1.ReadEvidenceResponse
-	nil,                              // 19: custody.v1.ArtifactSpec.ParamsEntry
-	(*HostFacts)(nil),                // 20: custody.v1.HostFacts
-	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
-	(*PreflightCheck)(nil),           // 22: custody.v1.PreflightCheck
-	(CollectionState)(0),             // 23: custody.v1.CollectionState
-	(ArtifactState)(0),               // 24: custody.v1.ArtifactState
+	(*RevokeAgentRequest)(nil),       // 5: custody.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),      // 6: custody.v1.RevokeAgentResponse
+	(*CreateCollectionRequest)(nil),  // 7: custody.v1.CreateCollectionRequest
+	(*ArtifactSpec)(nil),             // 8: custody.v1.ArtifactSpec
+	(*CreateCollectionResponse)(nil), // 9: custody.v1.CreateCollectionResponse
+	(*Collection)(nil),               // 10: custody.v1.Collection
+	(*ArtifactStatus)(nil),           // 11: custody.v1.ArtifactStatus
+	(*GetCollectionRequest)(nil),     // 12: custody.v1.GetCollectionRequest
+	(*GetCollectionResponse)(nil),    // 13: custody.v1.GetCollectionResponse
+	(*WatchCollectionRequest)(nil),   // 14: custody.v1.WatchCollectionRequest
+	(*WatchCollectionResponse)(nil),  // 15: custody.v1.WatchCollectionResponse
+	(*ListEvidenceRequest)(nil),      // 16: custody.v1.ListEvidenceRequest
+	(*ListEvidenceResponse)(nil),     // 17: custody.v1.ListEvidenceResponse
+	(*EvidenceObject)(nil),           // 18: custody.v1.EvidenceObject
+	(*ReadEvidenceRequest)(nil),      // 19: custody.v1.ReadEvidenceRequest
+	(*ReadEvidenceResponse)(nil),     // 20: custody.v1.ReadEvidenceResponse
+	nil,                              // 21: custody.v1.ArtifactSpec.ParamsEntry
+	(*HostFacts)(nil),                // 22: custody.v1.HostFacts
+	(*timestamppb.Timestamp)(nil),    // 23: google.protobuf.Timestamp
+	(*PreflightCheck)(nil),           // 24: custody.v1.PreflightCheck
+	(CollectionState)(0),             // 25: custody.v1.CollectionState
+	(ArtifactState)(0),               // 26: custody.v1.ArtifactState
 }
 var file_custody_v1_responder_proto_depIdxs = []int32{
-	20, // 0: custody.v1.Agent.host:type_name -> custody.v1.HostFacts
-	21, // 1: custody.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
-	21, // 2: custody.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	21, // 3: custody.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
-	22, // 4: custody.v1.Agent.preflight:type_name -> custody.v1.PreflightCheck
-	0,  // 5: custody.v1.ListAgentsResponse.agents:type_name -> custody.v1.Agent
-	0,  // 6: custody.v1.GetAgentResponse.agent:type_name -> custody.v1.Agent
-	6,  // 7: custody.v1.CreateCollectionRequest.artifacts:type_name -> custody.v1.ArtifactSpec
-	19, // 8: custody.v1.ArtifactSpec.params:type_name -> custody.v1.ArtifactSpec.ParamsEntry
-	8,  // 9: custody.v1.CreateCollectionResponse.collection:type_name -> custody.v1.Collection
-	8,  // 10: custody.v1.CreateCollectionResponse.collections:type_name -> custody.v1.Collection
-	23, // 11: custody.v1.Collection.state:type_name -> custody.v1.CollectionState
-	9,  // 12: custody.v1.Collection.artifacts:type_name -> custody.v1.ArtifactStatus
-	21, // 13: custody.v1.Collection.requested_at:type_name -> google.protobuf.Timestamp
-	21, // 14: custody.v1.Collection.started_at:type_name -> google.protobuf.Timestamp
-	21, // 15: custody.v1.Collection.finished_at:type_name -> google.protobuf.Timestamp
-	24, // 16: custody.v1.ArtifactStatus.state:type_name -> custody.v1.ArtifactState
-	8,  // 17: custody.v1.GetCollectionResponse.collection:type_name -> custody.v1.Collection
-	8,  // 18: custody.v1.WatchCollectionResponse.collection:type_name -> custody.v1.Collection
-	16, // 19: custody.v1.ListEvidenceResponse.objects:type_name -> custody.v1.EvidenceObject
-	1,  // 20: custody.v1.ResponderService.ListAgents:input_type -> custody.v1.ListAgentsRequest
-	3,  // 21: custody.v1.ResponderService.GetAgent:input_type -> custody.v1.GetAgentRequest
-	5,  // 22: custody.v1.ResponderService.CreateCollection:input_type -> custody.v1.CreateCollectionRequest
-	10, // 23: custody.v1.ResponderService.GetCollection:input_type -> custody.v1.GetCollectionRequest
-	12, // 24: custody.v1.ResponderService.WatchCollection:input_type -> custody.v1.WatchCollectionRequest
-	14, // 25: custody.v1.ResponderService.ListEvidence:input_type -> custody.v1.ListEvidenceRequest
-	17, // 26: custody.v1.ResponderService.ReadEvidence:input_type -> custody.v1.ReadEvidenceRequest
-	2,  // 27: custody.v1.ResponderService.ListAgents:output_type -> custody.v1.ListAgentsResponse
-	4,  // 28: custody.v1.ResponderService.GetAgent:output_type -> custody.v1.GetAgentResponse
-	7,  // 29: custody.v1.ResponderService.CreateCollection:output_type -> custody.v1.CreateCollectionResponse
-	11, // 30: custody.v1.ResponderService.GetCollection:output_type -> custody.v1.GetCollectionResponse
-	13, // 31: custody.v1.ResponderService.WatchCollection:output_type -> custody.v1.WatchCollectionResponse
-	15, // 32: custody.v1.ResponderService.ListEvidence:output_type -> custody.v1.ListEvidenceResponse
-	18, // 33: custody.v1.ResponderService.ReadEvidence:output_type -> custody.v1.ReadEvidenceResponse
-	27, // [27:34] is the sub-list for method output_type
-	20, // [20:27] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	22, // 0: custody.v1.Agent.host:type_name -> custody.v1.HostFacts
+	23, // 1: custody.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
+	23, // 2: custody.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	23, // 3: custody.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
+	24, // 4: custody.v1.Agent.preflight:type_name -> custody.v1.PreflightCheck
+	23, // 5: custody.v1.Agent.revoked_at:type_name -> google.protobuf.Timestamp
+	0,  // 6: custody.v1.ListAgentsResponse.agents:type_name -> custody.v1.Agent
+	0,  // 7: custody.v1.GetAgentResponse.agent:type_name -> custody.v1.Agent
+	0,  // 8: custody.v1.RevokeAgentResponse.agent:type_name -> custody.v1.Agent
+	8,  // 9: custody.v1.CreateCollectionRequest.artifacts:type_name -> custody.v1.ArtifactSpec
+	21, // 10: custody.v1.ArtifactSpec.params:type_name -> custody.v1.ArtifactSpec.ParamsEntry
+	10, // 11: custody.v1.CreateCollectionResponse.collection:type_name -> custody.v1.Collection
+	10, // 12: custody.v1.CreateCollectionResponse.collections:type_name -> custody.v1.Collection
+	25, // 13: custody.v1.Collection.state:type_name -> custody.v1.CollectionState
+	11, // 14: custody.v1.Collection.artifacts:type_name -> custody.v1.ArtifactStatus
+	23, // 15: custody.v1.Collection.requested_at:type_name -> google.protobuf.Timestamp
+	23, // 16: custody.v1.Collection.started_at:type_name -> google.protobuf.Timestamp
+	23, // 17: custody.v1.Collection.finished_at:type_name -> google.protobuf.Timestamp
+	26, // 18: custody.v1.ArtifactStatus.state:type_name -> custody.v1.ArtifactState
+	10, // 19: custody.v1.GetCollectionResponse.collection:type_name -> custody.v1.Collection
+	10, // 20: custody.v1.WatchCollectionResponse.collection:type_name -> custody.v1.Collection
+	18, // 21: custody.v1.ListEvidenceResponse.objects:type_name -> custody.v1.EvidenceObject
+	1,  // 22: custody.v1.ResponderService.ListAgents:input_type -> custody.v1.ListAgentsRequest
+	3,  // 23: custody.v1.ResponderService.GetAgent:input_type -> custody.v1.GetAgentRequest
+	5,  // 24: custody.v1.ResponderService.RevokeAgent:input_type -> custody.v1.RevokeAgentRequest
+	7,  // 25: custody.v1.ResponderService.CreateCollection:input_type -> custody.v1.CreateCollectionRequest
+	12, // 26: custody.v1.ResponderService.GetCollection:input_type -> custody.v1.GetCollectionRequest
+	14, // 27: custody.v1.ResponderService.WatchCollection:input_type -> custody.v1.WatchCollectionRequest
+	16, // 28: custody.v1.ResponderService.ListEvidence:input_type -> custody.v1.ListEvidenceRequest
+	19, // 29: custody.v1.ResponderService.ReadEvidence:input_type -> custody.v1.ReadEvidenceRequest
+	2,  // 30: custody.v1.ResponderService.ListAgents:output_type -> custody.v1.ListAgentsResponse
+	4,  // 31: custody.v1.ResponderService.GetAgent:output_type -> custody.v1.GetAgentResponse
+	6,  // 32: custody.v1.ResponderService.RevokeAgent:output_type -> custody.v1.RevokeAgentResponse
+	9,  // 33: custody.v1.ResponderService.CreateCollection:output_type -> custody.v1.CreateCollectionResponse
+	13, // 34: custody.v1.ResponderService.GetCollection:output_type -> custody.v1.GetCollectionResponse
+	15, // 35: custody.v1.ResponderService.WatchCollection:output_type -> custody.v1.WatchCollectionResponse
+	17, // 36: custody.v1.ResponderService.ListEvidence:output_type -> custody.v1.ListEvidenceResponse
+	20, // 37: custody.v1.ResponderService.ReadEvidence:output_type -> custody.v1.ReadEvidenceResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_responder_proto_init() }
@@ -1375,7 +1514,7 @@ func file_custody_v1_responder_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custody_v1_responder_proto_rawDesc), len(file_custody_v1_responder_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	ResponderService_ListAgents_FullMethodName       = "/custody.v1.ResponderService/ListAgents"
 	ResponderService_GetAgent_FullMethodName         = "/custody.v1.ResponderService/GetAgent"
+	ResponderService_RevokeAgent_FullMethodName      = "/custody.v1.ResponderService/RevokeAgent"
 	ResponderService_CreateCollection_FullMethodName = "/custody.v1.ResponderService/CreateCollection"
 	ResponderService_GetCollection_FullMethodName    = "/custody.v1.ResponderService/GetCollection"
 	ResponderService_WatchCollection_FullMethodName  = "/custody.v1.ResponderService/WatchCollection"
@@ -38,6 +39,12 @@ const (
 type ResponderServiceClient interface {
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*GetAgentResponse, error)
+	// RevokeAgent ends an agent identity at once, before its certificate
+	// expires: a decommissioned host, or one whose key may be in an
+	// intruder's hands. Its session is closed, its certificates are refused
+	// from then on (renewal too), and its unfinished collections fail with
+	// the reason. The host must enrol again, as a new agent, to be used.
+	RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error)
 	CreateCollection(ctx context.Context, in *CreateCollectionRequest, opts ...grpc.CallOption) (*CreateCollectionResponse, error)
 	GetCollection(ctx context.Context, in *GetCollectionRequest, opts ...grpc.CallOption) (*GetCollectionResponse, error)
 	// WatchCollection sends the collection now and again on every change,
@@ -70,6 +77,16 @@ func (c *responderServiceClient) GetAgent(ctx context.Context, in *GetAgentReque
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetAgentResponse)
 	err := c.cc.Invoke(ctx, ResponderService_GetAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *responderServiceClient) RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeAgentResponse)
+	err := c.cc.Invoke(ctx, ResponderService_RevokeAgent_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +171,12 @@ type ResponderService_ReadEvidenceClient = grpc.ServerStreamingClient[ReadEviden
 type ResponderServiceServer interface {
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	GetAgent(context.Context, *GetAgentRequest) (*GetAgentResponse, error)
+	// RevokeAgent ends an agent identity at once, before its certificate
+	// expires: a decommissioned host, or one whose key may be in an
+	// intruder's hands. Its session is closed, its certificates are refused
+	// from then on (renewal too), and its unfinished collections fail with
+	// the reason. The host must enrol again, as a new agent, to be used.
+	RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error)
 	CreateCollection(context.Context, *CreateCollectionRequest) (*CreateCollectionResponse, error)
 	GetCollection(context.Context, *GetCollectionRequest) (*GetCollectionResponse, error)
 	// WatchCollection sends the collection now and again on every change,
@@ -177,6 +200,9 @@ func (UnimplementedResponderServiceServer) ListAgents(context.Context, *ListAgen
 }
 func (UnimplementedResponderServiceServer) GetAgent(context.Context, *GetAgentRequest) (*GetAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetAgent not implemented")
+}
+func (UnimplementedResponderServiceServer) RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAgent not implemented")
 }
 func (UnimplementedResponderServiceServer) CreateCollection(context.Context, *CreateCollectionRequest) (*CreateCollectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateCollection not implemented")
@@ -246,6 +272,24 @@ func _ResponderService_GetAgent_Handler(srv interface{}, ctx context.Context, de
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ResponderServiceServer).GetAgent(ctx, req.(*GetAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ResponderService_RevokeAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResponderServiceServer).RevokeAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResponderService_RevokeAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResponderServiceServer).RevokeAgent(ctx, req.(*RevokeAgentRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -340,6 +384,10 @@ var ResponderService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetAgent",
 			Handler:    _ResponderService_GetAgent_Handler,
+		},
+		{
+			MethodName: "RevokeAgent",
+			Handler:    _ResponderService_RevokeAgent_Handler,
 		},
 		{
 			MethodName: "CreateCollection",
