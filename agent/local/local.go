@@ -40,6 +40,16 @@ type Options struct {
 	CompressWorkers int
 }
 
+// localChunkSize: chunks written to a local directory are 1 MiB, not the
+// 4 MiB an upload uses. Each stays in the CPU's cache between hashing and
+// compressing, and each worker holds a quarter of the memory; the frames
+// are 0.2-0.5% larger in all. Measured (custody-agent collect, 2 workers):
+// 1 GiB of process memory 2.59 s at 67 MiB peak RSS with 4 MiB chunks,
+// 2.32 s at 33 MiB with 1 MiB; a 1 GiB memory image 1.71 s at 26 MiB
+// (3.05 s with one worker and 4 MiB chunks). An upload keeps 4 MiB: per
+// message costs on both ends made 1 MiB chunks slower there.
+const localChunkSize = 1 << 20
+
 // Collect captures every request into opts.Dir and writes manifest.json.
 // It returns the manifest; its State says whether everything was captured.
 func Collect(ctx context.Context, opts Options, reqs []Request) (*manifest.Manifest, error) {
@@ -117,7 +127,7 @@ func capture(ctx context.Context, opts Options, req Request) manifest.Artifact {
 		return fail(err)
 	}
 	stored := &hashingWriter{h: sha256.New()}
-	w := chunk.NewParallelWriter(enc, chunk.MaxRawSize, max(opts.CompressWorkers, 1), func(c chunk.Chunk) error {
+	w := chunk.NewParallelWriter(enc, localChunkSize, max(opts.CompressWorkers, 1), func(c chunk.Chunk) error {
 		if _, err := f.Write(c.Data); err != nil {
 			return err
 		}

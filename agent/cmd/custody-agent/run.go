@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -122,7 +123,11 @@ func collectCmd() *cobra.Command {
 			facts := session.HostFacts(env)
 			m, err := local.Collect(cmd.Context(), local.Options{
 				Dir: out, CaseID: caseID, Reason: reason, Version: version, Env: env, Logger: log,
-				Agent: manifest.Agent{Hostname: facts.GetHostname(), Kernel: facts.GetKernel(), OS: facts.GetOs(), Arch: facts.GetArch(), Version: version},
+				// No collector shares this host's CPUs with the agent here,
+				// and with 1 MiB chunks two workers stay well inside the
+				// memory limit.
+				CompressWorkers: runtime.GOMAXPROCS(0),
+				Agent:           manifest.Agent{Hostname: facts.GetHostname(), Kernel: facts.GetKernel(), OS: facts.GetOs(), Arch: facts.GetArch(), Version: version},
 			}, reqs)
 			if err != nil {
 				return err
