@@ -52,23 +52,16 @@ func BenchmarkResumeCuts1GiB(b *testing.B) {
 		id := col.GetCollectionId()
 		for i := 0; i < cuts; i++ {
 			at := int64(float64(size) * (float64(i) + 0.2 + 0.6*rng.Float64()) / float64(cuts))
-			// Each cut must hit a live upload: the collector's progress
-			// outlives a cut, so it can be past the next point before the
-			// agent is back, and a cut of nothing costs nothing.
+			// Each cut must hit a live upload: a cut of nothing costs
+			// nothing.
 			if i > 0 {
-				up := p.Upstream() + 1<<20
-				e2e.Poll(ctx, 5*time.Minute, 5*time.Millisecond, func() (bool, error) {
-					if p.Upstream() >= up {
-						return true, nil
-					}
-					col, err := c.Collection(ctx, id)
-					return err == nil && e2e.Final(col.GetState()), nil
-				})
+				if err := c.WaitUploadingThrough(ctx, p, id); err != nil {
+					b.Fatal(err)
+				}
 			}
-			e2e.Poll(ctx, 5*time.Minute, 20*time.Millisecond, func() (bool, error) {
-				col, err := c.Collection(ctx, id)
-				return err == nil && (col.GetArtifacts()[0].GetBytesDone() >= at || e2e.Final(col.GetState())), nil
-			})
+			if err := c.WaitBytesDone(ctx, id, at); err != nil {
+				b.Fatal(err)
+			}
 			p.Cut()
 		}
 		if err := e2e.Poll(ctx, 10*time.Minute, 50*time.Millisecond, func() (bool, error) {

@@ -617,6 +617,35 @@ func ReadManifest(dir string) (*Manifest, error) {
 	return &m, nil
 }
 
+// WaitBytesDone waits until collection id's first artifact has n raw bytes
+// committed, or the collection is final. A failed read is retried: the
+// collector may be restarting.
+func (c *Cluster) WaitBytesDone(ctx context.Context, id string, n int64) error {
+	return Poll(ctx, Deadline, 20*time.Millisecond, func() (bool, error) {
+		col, err := c.Collection(ctx, id)
+		if err != nil {
+			return false, nil
+		}
+		return Final(col.GetState()) || col.GetArtifacts()[0].GetBytesDone() >= n, nil
+	})
+}
+
+// WaitUploadingThrough waits until the agent has sent another MiB through
+// p, or collection id is final. After a cut that is the agent back and
+// uploading, which the collector's progress cannot tell: it is reported
+// every 250 ms and outlives the cut, so the next cut could otherwise come
+// before the agent is back and hit no connection at all.
+func (c *Cluster) WaitUploadingThrough(ctx context.Context, p *Proxy, id string) error {
+	want := p.Upstream() + 1<<20
+	return Poll(ctx, Deadline, 10*time.Millisecond, func() (bool, error) {
+		if p.Upstream() >= want {
+			return true, nil
+		}
+		col, err := c.Collection(ctx, id)
+		return err == nil && Final(col.GetState()), nil
+	})
+}
+
 // Proxy forwards TCP connections to a target and can cut them all, or
 // stall them, on demand: a network that a responder is cutting.
 type Proxy struct {

@@ -95,34 +95,8 @@ func (r *run) collect() string {
 // waitBytes waits until the file artifact has at least n raw bytes committed.
 func (r *run) waitBytes(id string, n int64) {
 	r.t.Helper()
-	err := e2e.Poll(r.ctx, e2e.Deadline, 50*time.Millisecond, func() (bool, error) {
-		col, err := r.c.Collection(r.ctx, id)
-		if err != nil {
-			return false, nil // the collector may be restarting
-		}
-		if e2e.Final(col.GetState()) {
-			return true, nil
-		}
-		return col.GetArtifacts()[0].GetBytesDone() >= n, nil
-	})
-	if err != nil {
+	if err := r.c.WaitBytesDone(r.ctx, id, n); err != nil {
 		r.t.Fatalf("waiting for %d bytes of %s: %v", n, id, err)
-	}
-}
-
-// waitUpstream waits until the proxy has forwarded n bytes towards the
-// collector in all, or the collection has finished.
-func (r *run) waitUpstream(id string, p *e2e.Proxy, n int64) {
-	r.t.Helper()
-	err := e2e.Poll(r.ctx, e2e.Deadline, 20*time.Millisecond, func() (bool, error) {
-		if p.Upstream() >= n {
-			return true, nil
-		}
-		col, err := r.c.Collection(r.ctx, id)
-		return err == nil && e2e.Final(col.GetState()), nil
-	})
-	if err != nil {
-		r.t.Fatalf("waiting for the agent to upload again through the proxy: %v", err)
 	}
 }
 
@@ -231,11 +205,9 @@ func TestNetworkCutsAndStalls(t *testing.T) {
 			for cut := 0; cut < 5; cut++ {
 				at := int64(float64(artifactSize) * (float64(cut) + 0.2 + 0.6*r.rng.Float64()) / 5)
 				if cut > 0 {
-					// The collector's progress is reported every 250 ms
-					// and survives a cut, so it can already be past the
-					// next point: cut only once the agent is back and
-					// uploading, or the cut hits no connection at all.
-					r.waitUpstream(id, p, p.Upstream()+1<<20)
+					if err := r.c.WaitUploadingThrough(r.ctx, p, id); err != nil {
+						t.Fatalf("waiting for the agent to upload again through the proxy: %v", err)
+					}
 				}
 				r.waitBytes(id, at)
 				if r.rng.IntN(2) == 0 {
