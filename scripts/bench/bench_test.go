@@ -43,6 +43,39 @@ func TestMain(m *testing.M) {
 
 const mib = 1 << 20
 
+// collectFileN collects path with the file artifact b.N times through
+// custodyctl, checking each collection is complete and matches sum and
+// size, and returns the time spent and the stored size. Each collection is
+// deleted after it is checked (outside the timing), keeping the disk bounded.
+func collectFileN(b *testing.B, c *e2e.Cluster, agentID, path, caseID, timeout, sum string, size int64) (total time.Duration, stored int64) {
+	b.Helper()
+	ctx := b.Context()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		r := c.MustCtl(ctx, "collect", "--agent", agentID, "--artifacts", "file", "--path", path,
+			"--case", caseID, "--reason", "make bench", "--wait", "--timeout", timeout, "-o", "json")
+		total += time.Since(start)
+		b.StopTimer()
+		col, err := e2e.ParseCollection(r.Stdout)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if col.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE || len(col.GetArtifacts()) != 1 {
+			b.Fatalf("collection is not complete: %v", col)
+		}
+		a := col.GetArtifacts()[0]
+		if a.GetRawSha256() != sum || a.GetRawSize() != size {
+			b.Fatalf("collected %d bytes sha256 %s; %s is %d bytes sha256 %s", a.GetRawSize(), a.GetRawSha256(), path, size, sum)
+		}
+		stored = a.GetStoredSize()
+		if err := os.RemoveAll(c.CollectionDir(caseID, agentID, col.GetCollectionId())); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	return total, stored
+}
+
 // BenchmarkFileArtifact1GiB collects one 1 GiB file (half random, half
 // log-like text, so compression does realistic work) agent → collector → fs
 // and compares the throughput with reading and hashing the same file, the
@@ -70,33 +103,8 @@ func BenchmarkFileArtifact1GiB(b *testing.B) {
 	agent := c.StartAgent("agent", c.Token(1))
 	agentID := c.WaitConnected(ctx, "")
 
-	var total time.Duration
-	var stored int64
 	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		r := c.MustCtl(ctx, "collect", "--agent", agentID, "--artifacts", "file", "--path", src,
-			"--case", "BENCH", "--reason", "make bench", "--wait", "-o", "json")
-		total += time.Since(start)
-		b.StopTimer()
-		col, err := e2e.ParseCollection(r.Stdout)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if col.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE || len(col.GetArtifacts()) != 1 {
-			b.Fatalf("collection is not complete: %v", col)
-		}
-		a := col.GetArtifacts()[0]
-		if a.GetRawSha256() != sum || a.GetRawSize() != size {
-			b.Fatalf("collected %d bytes sha256 %s; source is %d bytes sha256 %s", a.GetRawSize(), a.GetRawSha256(), size, sum)
-		}
-		stored = a.GetStoredSize()
-		// Keep the disk bounded across iterations.
-		if err := os.RemoveAll(c.CollectionDir("BENCH", agentID, col.GetCollectionId())); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-	}
+	total, stored := collectFileN(b, c, agentID, src, "BENCH", "0", sum, size)
 	b.StopTimer()
 
 	agentPeak, err := agent.PeakRSS()

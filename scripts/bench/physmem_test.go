@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/custodyhq/custody/internal/testenv"
-	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
 	"github.com/custodyhq/custody/scripts/e2e"
 )
 
@@ -57,32 +56,8 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	collector := c.StartCollector("127.0.0.1:0")
 	agent := c.StartAgent("agent", c.Token(1))
 	agentID := c.WaitConnected(ctx, "")
-	var total time.Duration
-	var stored int64
 	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		r := c.MustCtl(ctx, "collect", "--agent", agentID, "--artifacts", "file", "--path", img,
-			"--case", "BENCH-MEM", "--reason", "make bench", "--wait", "--timeout", "20m", "-o", "json")
-		total += time.Since(start)
-		b.StopTimer()
-		col, err := e2e.ParseCollection(r.Stdout)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if col.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE || len(col.GetArtifacts()) != 1 {
-			b.Fatalf("collection is not complete: %v", col)
-		}
-		a := col.GetArtifacts()[0]
-		if a.GetRawSha256() != sum || a.GetRawSize() != size {
-			b.Fatalf("collected %d bytes sha256 %s; image is %d bytes sha256 %s", a.GetRawSize(), a.GetRawSha256(), size, sum)
-		}
-		stored = a.GetStoredSize()
-		if err := os.RemoveAll(c.CollectionDir("BENCH-MEM", agentID, col.GetCollectionId())); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-	}
+	total, stored := collectFileN(b, c, agentID, img, "BENCH-MEM", "20m", sum, size)
 	b.StopTimer()
 	agentPeak, _ := agent.PeakRSS()
 	collectorPeak, _ := collector.PeakRSS()
