@@ -1,13 +1,8 @@
 package bench
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -100,27 +95,14 @@ func timeShell(b *testing.B, ctx context.Context, script string, args ...string)
 // keys, compressed or encrypted data), chosen and filled from seed, and
 // returns the SHA-256 (hex).
 func writeMemoryImage(path string, size int64, seed uint64) (string, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	var s [32]byte
-	binary.LittleEndian.PutUint64(s[:], seed)
-	rng := rand.NewChaCha8(s)
-	pick := rand.New(rand.NewPCG(seed, 7))
-	h := sha256.New()
-	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
-	const page = 4096
-	buf := make([]byte, page)
 	var text []byte
-	for done := int64(0); done < size; done += page {
+	return e2e.WriteGenerated(path, size, seed, 7, 4096, func(_ int, page []byte, rng *rand.ChaCha8, pick *rand.Rand) {
 		switch p := pick.IntN(100); {
 		case p < 60:
-			clear(buf)
+			clear(page)
 		case p < 85:
 			text = text[:0]
-			for len(text) < page {
+			for len(text) < len(page) {
 				switch pick.IntN(3) {
 				case 0:
 					text = fmt.Appendf(text, "2026-11-22T07:%02d:%02d.%06dZ ip-10-0-%d-%d sshd[%d]: Accepted publickey for ec2-user from 10.0.%d.%d port %d ssh2\n",
@@ -131,21 +113,11 @@ func writeMemoryImage(path string, size int64, seed uint64) (string, error) {
 					text = fmt.Appendf(text, "AWS_SESSION_TOKEN=%x\x00PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin\x00", pick.Uint64())
 				}
 			}
-			copy(buf, text)
+			copy(page, text)
 		default:
-			rng.Read(buf)
+			rng.Read(page)
 		}
-		if _, err := w.Write(buf); err != nil {
-			return "", err
-		}
-	}
-	if err := w.Flush(); err != nil {
-		return "", err
-	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	})
 }
 
 // cpuSeconds is the user+system CPU time a process has used so far, from

@@ -487,6 +487,32 @@ func WriteFile(path string, size int64, seed uint64, fills ...Fill) (string, err
 	if len(fills) == 0 {
 		fills = []Fill{FillRandom}
 	}
+	var text []byte
+	return WriteGenerated(path, size, seed, 42, 1<<20, func(i int, b []byte, rng *rand.ChaCha8, pick *rand.Rand) {
+		switch fills[i%len(fills)] {
+		case FillRandom:
+			rng.Read(b)
+		case FillZeros:
+			clear(b)
+		case FillText:
+			text = text[:0]
+			for len(text) < len(b) {
+				text = fmt.Appendf(text, "2026-11-22T07:%02d:%02d.%06dZ ip-10-0-%d-%d sshd[%d]: Accepted publickey for ec2-user from 10.0.%d.%d port %d ssh2: ED25519 SHA256:%x\n",
+					pick.IntN(60), pick.IntN(60), pick.IntN(1e6), pick.IntN(4), pick.IntN(256), 1000+pick.IntN(60000),
+					pick.IntN(256), pick.IntN(256), 1024+pick.IntN(64000), pick.Uint32())
+			}
+			copy(b, text)
+		}
+	})
+}
+
+// WriteGenerated writes size bytes to path, block bytes at a time (the
+// last block may be shorter), each filled by fill — i is the block's index
+// — from two generators seeded with seed: rng for random bytes, and pick,
+// on stream pickStream, for choices. It returns the SHA-256 (hex) of what
+// it wrote; the same arguments give the same file.
+func WriteGenerated(path string, size int64, seed, pickStream uint64, block int,
+	fill func(i int, b []byte, rng *rand.ChaCha8, pick *rand.Rand)) (string, error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return "", err
@@ -495,33 +521,17 @@ func WriteFile(path string, size int64, seed uint64, fills ...Fill) (string, err
 	var s [32]byte
 	binary.LittleEndian.PutUint64(s[:], seed)
 	rng := rand.NewChaCha8(s)
-	pick := rand.New(rand.NewPCG(seed, 42))
+	pick := rand.New(rand.NewPCG(seed, pickStream))
 	h := sha256.New()
 	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
-	const block = 1 << 20
 	buf := make([]byte, block)
-	var text []byte
 	for i, done := 0, int64(0); done < size; i++ {
-		n := int(min(int64(block), size-done))
-		b := buf[:n]
-		switch fills[i%len(fills)] {
-		case FillRandom:
-			rng.Read(b)
-		case FillZeros:
-			clear(b)
-		case FillText:
-			text = text[:0]
-			for len(text) < n {
-				text = fmt.Appendf(text, "2026-11-22T07:%02d:%02d.%06dZ ip-10-0-%d-%d sshd[%d]: Accepted publickey for ec2-user from 10.0.%d.%d port %d ssh2: ED25519 SHA256:%x\n",
-					pick.IntN(60), pick.IntN(60), pick.IntN(1e6), pick.IntN(4), pick.IntN(256), 1000+pick.IntN(60000),
-					pick.IntN(256), pick.IntN(256), 1024+pick.IntN(64000), pick.Uint32())
-			}
-			copy(b, text)
-		}
+		b := buf[:min(int64(block), size-done)]
+		fill(i, b, rng, pick)
 		if _, err := w.Write(b); err != nil {
 			return "", err
 		}
-		done += int64(n)
+		done += int64(len(b))
 	}
 	if err := w.Flush(); err != nil {
 		return "", err
