@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -155,24 +154,15 @@ func collectProcesses(ctx context.Context, env Env, p Params, w io.Writer) (Resu
 	selfMnt, _ := newSnapProc(env.ProcRoot, 0).selfNamespace("mnt")
 	sc.names = newNameResolver(env, selfMnt)
 
-	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) processLine {
+	var n int
+	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
 		return sc.read(s, pids[i])
-	}, func(l processLine) error {
-		stats.processes++
-		if l.gone {
-			stats.vanished++
-			return nil
+	}, func(b procBatch) error {
+		// One write per process: each reaches w as soon as it is its
+		// turn, and nothing accumulates here.
+		if err := b.emit(w, stats, &warn, &res, &n); err != nil {
+			return fmt.Errorf("processes: %w", err)
 		}
-		if l.err != "" {
-			stats.errors++
-			warn.add("pid %d: %s", l.pid, l.err)
-		}
-		// One write per record: each process reaches w as soon as it is
-		// its turn, and nothing accumulates here.
-		if _, err := w.Write(l.json); err != nil {
-			return fmt.Errorf("write processes artifact: %w", err)
-		}
-		res.Records++
 		return nil
 	})
 	res.Warnings = warn.result()
@@ -203,29 +193,15 @@ type processScanner struct {
 	names  *nameResolver
 }
 
-// processLine is one process read by a worker, already encoded.
-type processLine struct {
-	pid  int
-	gone bool
-	err  string
-	json []byte
-}
-
-func (sc *processScanner) read(s *scratch, pid int) processLine {
+// read reads and encodes one process, on a worker.
+func (sc *processScanner) read(s *scratch, pid int) procBatch {
 	rec, gone := sc.readProcess(s, pid)
 	if gone {
-		return processLine{pid: pid, gone: true}
+		return procBatch{pid: pid, gone: true}
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(rec); err != nil {
-		// Only an unencodable value gets here, which is a bug: keep the
-		// pid and say so rather than lose the process.
-		buf.Reset()
-		fmt.Fprintf(&buf, "{\"pid\":%d,\"error\":%q}\n", pid, "encode: "+err.Error())
-	}
-	return processLine{pid: pid, err: rec.Error, json: buf.Bytes()}
+	out := newProcBatch(pid)
+	out.add(rec, rec.Error)
+	return out.done()
 }
 
 // readProcess reads one process. gone reports a process that exited after

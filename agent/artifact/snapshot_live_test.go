@@ -328,7 +328,7 @@ func liveProcess(t *testing.T, pid int) *processRecord {
 		return nil
 	}
 	var r processRecord
-	if err := json.Unmarshal(l.json, &r); err != nil {
+	if err := json.Unmarshal(l.data, &r); err != nil {
 		t.Fatal(err)
 	}
 	return &r
