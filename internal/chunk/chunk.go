@@ -15,6 +15,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/custodyhq/custody/internal/sha256x2"
 )
 
 // MaxRawSize is the largest raw chunk either side produces or accepts.
@@ -176,6 +178,19 @@ func (e *Encoder) advance(raw []byte) (uint64, int64, error) {
 	return seq, off, nil
 }
 
+// advanceHashed is advance that also returns raw's own SHA-256, computed in
+// the same pass as the whole-stream hash.
+func (e *Encoder) advanceHashed(raw []byte) (seq uint64, off int64, sum [sha256.Size]byte, err error) {
+	if len(raw) == 0 || len(raw) > MaxRawSize {
+		return 0, 0, sum, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
+	}
+	sum = sha256x2.Sum256AndWrite(e.whole, raw)
+	seq, off = e.seq, e.offset
+	e.seq++
+	e.offset += int64(len(raw))
+	return seq, off, sum, nil
+}
+
 // frame encodes raw into dst; safe to call from several goroutines at once
 // (the zstd encoder is created with enough concurrency).
 func (e *Encoder) frame(raw, dst []byte) ([]byte, error) {
@@ -188,21 +203,15 @@ func (e *Encoder) frame(raw, dst []byte) ([]byte, error) {
 // Encode frames raw as the next chunk. dst is reused for the frame when it
 // has capacity; the returned Chunk aliases it.
 func (e *Encoder) Encode(raw, dst []byte) (Chunk, error) {
-	if len(raw) == 0 || len(raw) > MaxRawSize {
-		return Chunk{}, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
+	seq, off, sum, err := e.advanceHashed(raw)
+	if err != nil {
+		return Chunk{}, err
 	}
-	sum := sha256.Sum256(raw)
-	e.whole.Write(raw)
-	var data []byte
-	if e.zenc != nil {
-		data = e.zenc.EncodeAll(raw, dst[:0])
-	} else {
-		data = append(dst[:0], raw...)
+	data, err := e.frame(raw, dst)
+	if err != nil {
+		return Chunk{}, err
 	}
-	c := Chunk{Seq: e.seq, Offset: e.offset, RawLen: int64(len(raw)), SHA256: sum[:], Data: data}
-	e.seq++
-	e.offset += int64(len(raw))
-	return c, nil
+	return Chunk{Seq: seq, Offset: off, RawLen: int64(len(raw)), SHA256: sum[:], Data: data}, nil
 }
 
 // Trailer returns the account of everything encoded so far.
@@ -327,11 +336,18 @@ func (v *Verifier) verify(c Chunk, dst []byte) ([]byte, error) {
 	if int64(len(raw)) != c.RawLen {
 		return raw, fmt.Errorf("%w: chunk %d decodes to %d bytes, header says %d", ErrLength, c.Seq, len(raw), c.RawLen)
 	}
-	if sum := sha256.Sum256(raw); !bytes.Equal(sum[:], c.SHA256) {
+	// Both digests in one pass; the stream's state is put back if the
+	// chunk turns out wrong, so that a rejected chunk leaves no trace.
+	before := hashState(v.whole)
+	if sum := sha256x2.Sum256AndWrite(v.whole, raw); !bytes.Equal(sum[:], c.SHA256) {
+		restored, err := restoreHash(before)
+		if err != nil {
+			panic(err) // a state hashState just produced
+		}
+		v.whole = restored
 		return raw, fmt.Errorf("%w: chunk %d at offset %d: computed %s, sent %s",
 			ErrHash, c.Seq, c.Offset, hex.EncodeToString(sum[:]), hex.EncodeToString(c.SHA256))
 	}
-	v.whole.Write(raw)
 	v.next++
 	v.offset += c.RawLen
 	return raw, nil

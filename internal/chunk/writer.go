@@ -123,12 +123,11 @@ func (w *Writer) submit() error {
 // inline encodes and emits the buffered chunk on the calling goroutine: one
 // raw buffer and one frame buffer, nothing else, for the smallest footprint.
 func (w *Writer) inline() error {
-	seq, off, err := w.enc.advance(w.raw)
+	seq, off, sum, err := w.enc.advanceHashed(w.raw)
 	if err != nil {
 		w.err = err
 		return err
 	}
-	sum := sha256.Sum256(w.raw)
 	var dst []byte
 	if len(w.free) > 0 {
 		dst = w.free[0]

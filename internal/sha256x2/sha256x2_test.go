@@ -1,0 +1,110 @@
+package sha256x2
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+)
+
+// check compares Sum256AndWrite with crypto/sha256 after the stream has
+// already taken prefix.
+func check(t testing.TB, prefix, p []byte) {
+	t.Helper()
+	stream := sha256.New()
+	stream.Write(prefix)
+	got := Sum256AndWrite(stream, p)
+	if want := sha256.Sum256(p); got != want {
+		t.Fatalf("chunk digest of %d bytes after %d: got %x, want %x", len(p), len(prefix), got, want)
+	}
+	want := sha256.Sum256(append(append([]byte{}, prefix...), p...))
+	if g := stream.Sum(nil); !bytes.Equal(g, want[:]) {
+		t.Fatalf("stream digest of %d+%d bytes: got %x, want %x", len(prefix), len(p), g, want)
+	}
+	// The stream goes on correctly after the call.
+	stream.Write([]byte("more"))
+	want = sha256.Sum256(append(append(append([]byte{}, prefix...), p...), "more"...))
+	if g := stream.Sum(nil); !bytes.Equal(g, want[:]) {
+		t.Fatalf("stream digest after a further write is wrong")
+	}
+}
+
+func TestMatchesCryptoSHA256(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	data := make([]byte, 4<<20+200)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	prefixes := []int{0, 1, 63, 64, 65, 128, 4 << 20}
+	lengths := []int{0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 4096, 1<<20 + 3, 4 << 20}
+	for _, pl := range prefixes {
+		for _, n := range lengths {
+			check(t, data[len(data)-pl:], data[:n])
+		}
+	}
+	for range 200 {
+		check(t, data[:rng.IntN(300)], data[rng.IntN(100):][:rng.IntN(5000)])
+	}
+}
+
+// A chain of chunks, as the encoder and the verifier hash them.
+func TestChunkChain(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	stream, ref := sha256.New(), sha256.New()
+	for i := range 50 {
+		p := make([]byte, 64*rng.IntN(2000)+(i%7)*rng.IntN(64))
+		for j := range p {
+			p[j] = byte(rng.Uint32())
+		}
+		if got, want := Sum256AndWrite(stream, p), sha256.Sum256(p); got != want {
+			t.Fatalf("chunk %d: got %x, want %x", i, got, want)
+		}
+		ref.Write(p)
+	}
+	if !bytes.Equal(stream.Sum(nil), ref.Sum(nil)) {
+		t.Fatal("stream digest differs after 50 chunks")
+	}
+}
+
+// The fast path must be the one tested wherever the CPU has it, or a
+// broken block2 could hide behind the fallback.
+func TestFastPathUsedWhereAvailable(t *testing.T) {
+	info, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		t.Skipf("no /proc/cpuinfo: %v", err)
+	}
+	has := strings.Contains(string(info), " sha_ni")
+	if has != fast {
+		t.Fatalf("/proc/cpuinfo says sha_ni=%v, package uses the fast path: %v", has, fast)
+	}
+}
+
+func FuzzSum256AndWrite(f *testing.F) {
+	f.Add([]byte{}, []byte("abc"))
+	f.Add(bytes.Repeat([]byte{1}, 64), bytes.Repeat([]byte{2}, 200))
+	f.Add([]byte{7}, bytes.Repeat([]byte{3}, 129))
+	f.Fuzz(func(t *testing.T, prefix, p []byte) { check(t, prefix, p) })
+}
+
+func BenchmarkPair(b *testing.B) {
+	p := make([]byte, 4<<20)
+	for i := range p {
+		p[i] = byte(i * 7)
+	}
+	b.Run("Sum256AndWrite", func(b *testing.B) {
+		stream := sha256.New()
+		b.SetBytes(int64(len(p)))
+		for b.Loop() {
+			Sum256AndWrite(stream, p)
+		}
+	})
+	b.Run("separately", func(b *testing.B) {
+		stream := sha256.New()
+		b.SetBytes(int64(len(p)))
+		for b.Loop() {
+			separately(stream, p)
+		}
+	})
+}
