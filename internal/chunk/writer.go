@@ -1,7 +1,6 @@
 package chunk
 
 import (
-	"crypto/sha256"
 	"sync"
 )
 
@@ -61,8 +60,6 @@ func (w *Writer) start() {
 		go func() {
 			defer w.wg.Done()
 			for j := range w.jobs {
-				sum := sha256.Sum256(j.raw)
-				j.c.SHA256 = sum[:]
 				j.c.Data, j.err = w.enc.frame(j.raw, j.dst)
 				close(j.done)
 			}
@@ -105,12 +102,12 @@ func (w *Writer) submit() error {
 			return err
 		}
 	}
-	seq, off, err := w.enc.advance(w.raw)
+	seq, off, sum, err := w.enc.advanceHashed(w.raw)
 	if err != nil {
 		w.err = err
 		return err
 	}
-	j := &job{raw: w.raw, c: Chunk{Seq: seq, Offset: off, RawLen: int64(len(w.raw))}, done: make(chan struct{})}
+	j := &job{raw: w.raw, c: Chunk{Seq: seq, Offset: off, RawLen: int64(len(w.raw)), SHA256: sum[:]}, done: make(chan struct{})}
 	if n := len(w.free); n > 0 {
 		j.dst, w.free = w.free[n-1], w.free[:n-1]
 	}
