@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -45,10 +46,59 @@ type openFileRecord struct {
 }
 
 func collectOpenFiles(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
-	return scanProcesses(ctx, env, w, "open_files", "descriptors", readOpenFiles)
+	files := newOpenFileCache()
+	return scanProcesses(ctx, env, w, "open_files", "descriptors", func(p snapProc, s *scratch) procBatch {
+		return readOpenFiles(p, s, files)
+	})
 }
 
-func readOpenFiles(p snapProc, s *scratch) procBatch {
+// openFileCache remembers, for one scan, what stat said about each open
+// file, keyed by the mount id and inode number fdinfo gives. A host's
+// descriptors point at far fewer files than there are descriptors (every
+// process holds /dev/null, its terminal, the same logs and libraries), and
+// stat through /proc/PID/fd/N is a path walk and a system call each. The
+// type and device of an inode never change; the size recorded is the one
+// the scan saw first for that file.
+type openFileCache struct {
+	mu    sync.Mutex
+	stats map[openFileKey]openFileStat
+}
+
+type openFileKey struct {
+	mnt int64
+	ino uint64
+}
+
+type openFileStat struct {
+	mode     uint32
+	dev, ino uint64
+	size     int64
+}
+
+func newOpenFileCache() *openFileCache {
+	return &openFileCache{stats: map[openFileKey]openFileStat{}}
+}
+
+func (c *openFileCache) get(k openFileKey) (openFileStat, bool) {
+	if c == nil {
+		return openFileStat{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.stats[k]
+	return st, ok
+}
+
+func (c *openFileCache) put(k openFileKey, st openFileStat) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats[k] = st
+}
+
+func readOpenFiles(p snapProc, s *scratch, files *openFileCache) procBatch {
 	out := newProcBatch(p.pid)
 	// Permission denied (or worse) on the whole table: one record says
 	// so, and the scan goes on.
@@ -74,7 +124,7 @@ func readOpenFiles(p snapProc, s *scratch) procBatch {
 		return tableError(err)
 	}
 	for _, fd := range fds {
-		rec, skip := t.readOpenFile(s, fd)
+		rec, skip := t.readOpenFile(s, fd, files)
 		if skip {
 			continue
 		}
@@ -123,12 +173,12 @@ func readOpenFile(p snapProc, fd int) (openFileRecord, bool) {
 		return openFileRecord{}, true
 	}
 	defer t.close()
-	return t.readOpenFile(s, fd)
+	return t.readOpenFile(s, fd, nil)
 }
 
 // readOpenFile reads one descriptor. skip reports a descriptor closed while
 // it was read, which is normal churn, not an error.
-func (t fdTable) readOpenFile(s *scratch, fd int) (rec openFileRecord, skip bool) {
+func (t fdTable) readOpenFile(s *scratch, fd int, files *openFileCache) (rec openFileRecord, skip bool) {
 	p := t.h.snapProc
 	rec = openFileRecord{PID: p.pid, FD: &fd, FlagNames: []string{}}
 	name := strconv.Itoa(fd)
@@ -172,8 +222,8 @@ func (t fdTable) readOpenFile(s *scratch, fd int) (rec openFileRecord, skip bool
 	switch rec.Type {
 	case "socket", "pipe", "anon_inode":
 	default:
-		var st unix.Stat_t
-		if err := statAt(t.fdDir, name, p.dir+"/fd/"+name, &st); err != nil {
+		st, err := t.statOpenFile(name, rec, files)
+		if err != nil {
 			if rec.Type == "" {
 				rec.Type = "unknown"
 				errs.add("stat", err)
@@ -181,18 +231,18 @@ func (t fdTable) readOpenFile(s *scratch, fd int) (rec openFileRecord, skip bool
 			break
 		}
 		if rec.Type == "" {
-			rec.Type = fdFileType(fdModeFromStat(st.Mode))
+			rec.Type = fdFileType(fdModeFromStat(st.mode))
 		}
 		if rec.Type == "regular" || rec.Type == "memfd" {
-			size := st.Size
+			size := st.size
 			rec.Size = &size
 		}
-		rec.Device = devString(st.Dev)
+		rec.Device = devString(st.dev)
 		if rec.Inode == nil {
-			ino := st.Ino
+			ino := st.ino
 			rec.Inode = &ino
 		}
-		id = &fileID{dev: st.Dev, ino: st.Ino}
+		id = &fileID{dev: st.dev, ino: st.ino}
 	}
 	if rec.Inode == nil {
 		if ino, ok := bracketInode(target); ok {
@@ -206,6 +256,31 @@ func (t fdTable) readOpenFile(s *scratch, fd int) (rec openFileRecord, skip bool
 	}
 	rec.Error = errs.String()
 	return rec, false
+}
+
+// statOpenFile stats descriptor name through its magic link, or takes
+// what an earlier descriptor of the same file (same mount id and inode,
+// from fdinfo) found.
+func (t fdTable) statOpenFile(name string, rec openFileRecord, files *openFileCache) (openFileStat, error) {
+	known := rec.MntID != nil && rec.Inode != nil
+	var key openFileKey
+	if known {
+		key = openFileKey{mnt: *rec.MntID, ino: *rec.Inode}
+		if st, ok := files.get(key); ok {
+			return st, nil
+		}
+	}
+	var st unix.Stat_t
+	if err := statAt(t.fdDir, name, t.h.dir+"/fd/"+name, &st); err != nil {
+		return openFileStat{}, err
+	}
+	out := openFileStat{mode: st.Mode, dev: st.Dev, ino: st.Ino, size: st.Size}
+	// Only a stat of the very inode fdinfo named is remembered: the
+	// descriptor may have been closed and reused in between.
+	if known && st.Ino == key.ino {
+		files.put(key, out)
+	}
+	return out, nil
 }
 
 // fdModeFromStat converts a raw st_mode's type bits to an fs.FileMode.

@@ -265,7 +265,7 @@ func TestSnapshotLiveNamespaces(t *testing.T) {
 	}
 
 	var file, memfd *openFileRecord
-	for _, r := range decodeLines[openFileRecord](t, readOpenFiles(newSnapProc("/proc", pid), newScratch()).data) {
+	for _, r := range decodeLines[openFileRecord](t, readOpenFiles(newSnapProc("/proc", pid), newScratch(), newOpenFileCache()).data) {
 		if r.FD != nil {
 			switch *r.FD {
 			case report["file_fd"]:
@@ -577,5 +577,70 @@ func TestSnapshotRealProcSelf(t *testing.T) {
 	}
 	if !sawExe {
 		t.Errorf("own executable %s not mapped executable in %d records", exe, b.records)
+	}
+}
+
+// Descriptors of one file share a stat through the scan's cache, keyed by
+// fdinfo's mount id and inode: the second descriptor reports what the
+// cache holds, and files that differ keep their own entries.
+func TestOpenFilesStatCache(t *testing.T) {
+	if _, err := os.Stat("/proc/self/fdinfo"); err != nil {
+		testenv.Skip(t, "no procfs mounted at /proc: %v", err)
+	}
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "shared"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString("ten bytes!")
+	dup, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(dup)
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+
+	p := newSnapProc("/proc", os.Getpid())
+	h, err := openProc(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	tab, err := openFDTable(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.close()
+	files := newOpenFileCache()
+	s := newScratch()
+	first, _ := tab.readOpenFile(s, int(f.Fd()), files)
+	dirRec, _ := tab.readOpenFile(s, int(d.Fd()), files)
+	if first.MntID == nil || first.Inode == nil {
+		testenv.Skip(t, "fdinfo has no mnt_id/ino on this kernel: the cache is never used")
+	}
+	if first.Type != "regular" || *first.Size != 10 || dirRec.Type != "dir" {
+		t.Fatalf("first stats: file %+v, dir %+v", first, dirRec)
+	}
+	if len(files.stats) != 2 {
+		t.Fatalf("cache holds %d files, want 2 (the file and the directory)", len(files.stats))
+	}
+	// Plant a size only the cache could report: the dup must take it.
+	key := openFileKey{mnt: *first.MntID, ino: *first.Inode}
+	planted := files.stats[key]
+	planted.size = 12345
+	files.put(key, planted)
+	second, _ := tab.readOpenFile(s, dup, files)
+	if *second.Size != 12345 || second.Type != "regular" || second.Device != first.Device || *second.Inode != *first.Inode {
+		t.Fatalf("dup did not come from the cache: %+v", second)
+	}
+	// Without a cache every descriptor is stat'ed.
+	fresh, _ := tab.readOpenFile(s, dup, nil)
+	if *fresh.Size != 10 {
+		t.Fatalf("uncached dup size %d, want 10", *fresh.Size)
 	}
 }
