@@ -64,6 +64,9 @@ type Env struct {
 	HostRoot string       // prefix for /etc files such as os-release; default "/"
 	Logger   *slog.Logger // never nil after Env.withDefaults()
 	Now      func() time.Time
+	// Shared passes what one artifact's scan learned to a later one of
+	// the same collection (NewShared); nil scans each on its own.
+	Shared *Shared
 }
 
 // Result tells the uploader, and through it the manifest, what a capture

@@ -46,7 +46,7 @@ type memoryMapRecord struct {
 const maxMapsLineLen = 16 << 10
 
 func collectMemoryMaps(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
-	return scanProcesses(ctx, env, w, "memory_maps", "mappings", readMemoryMaps)
+	return scanProcesses(ctx, env, w, "memory_maps", "mappings", readMemoryMaps, nil)
 }
 
 func readMemoryMaps(p snapProc, s *scratch) procBatch {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,9 +48,24 @@ type openFileRecord struct {
 
 func collectOpenFiles(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
 	files := newOpenFileCache()
-	return scanProcesses(ctx, env, w, "open_files", "descriptors", func(p snapProc, s *scratch) procBatch {
-		return readOpenFiles(p, s, files)
-	})
+	share := env.Shared.wantsSockets()
+	var ix *socketIndex
+	var fold func(procBatch)
+	if share {
+		ix = newSocketIndex(time.Now())
+		fold = func(b procBatch) {
+			if b.sock != nil {
+				ix.add(*b.sock)
+			}
+		}
+	}
+	res, err := scanProcesses(ctx, env, w, "open_files", "descriptors", func(p snapProc, s *scratch) procBatch {
+		return readOpenFiles(p, s, files, share)
+	}, fold)
+	if err == nil && share {
+		env.Shared.setSockets(ix)
+	}
+	return res, err
 }
 
 // openFileCache remembers, for one scan, what stat said about each open
@@ -98,22 +114,43 @@ func (c *openFileCache) put(k openFileKey, st openFileStat) {
 	c.stats[k] = st
 }
 
-func readOpenFiles(p snapProc, s *scratch, files *openFileCache) procBatch {
+// readOpenFiles reads every descriptor of p. With sockets, the batch also
+// carries what the sockets artifact's owner scan would have learned: p's
+// network namespace and its socket descriptors.
+func readOpenFiles(p snapProc, s *scratch, files *openFileCache, sockets bool) procBatch {
 	out := newProcBatch(p.pid)
+	var sp *sockProc
 	// Permission denied (or worse) on the whole table: one record says
 	// so, and the scan goes on.
 	tableError := func(err error) procBatch {
 		if p.gone(err) {
-			return procBatch{pid: p.pid, gone: true}
+			return procBatch{pid: p.pid, gone: true, sock: goneSock(sp, p.pid)}
 		}
 		out.add(openFileRecord{PID: p.pid, FlagNames: []string{}, Error: "fd: " + err.Error()}, "fd: "+err.Error())
-		return out.done()
+		if sp != nil {
+			sp.err = joinErr(sp.err, "fd: "+err.Error())
+		}
+		b := out.done()
+		b.sock = sp
+		return b
 	}
 	h, err := openProc(p)
 	if err != nil {
+		if sockets {
+			sp = &sockProc{pid: p.pid}
+		}
 		return tableError(err)
 	}
 	defer h.close()
+	if sockets {
+		sp = &sockProc{pid: p.pid}
+		if sp.netns, err = h.namespace(s, "net"); err != nil {
+			if p.gone(err) {
+				return procBatch{pid: p.pid, gone: true, sock: &sockProc{pid: p.pid, gone: true}}
+			}
+			sp.err = "net_namespace: " + err.Error()
+		}
+	}
 	t, err := openFDTable(h)
 	if err != nil {
 		return tableError(err)
@@ -128,9 +165,33 @@ func readOpenFiles(p snapProc, s *scratch, files *openFileCache) procBatch {
 		if skip {
 			continue
 		}
+		if sp != nil && rec.Type == "socket" && rec.Inode != nil {
+			sp.sockets = append(sp.sockets, sockFD{fd, *rec.Inode})
+		}
 		out.add(rec, rec.Error)
 	}
-	return out.done()
+	b := out.done()
+	if sp != nil {
+		if len(sp.sockets) > 0 {
+			sp.name, sp.container = socketOwnerNames(h, s)
+		}
+		b.sock = sp
+	}
+	return b
+}
+
+func goneSock(sp *sockProc, pid int) *sockProc {
+	if sp == nil {
+		return nil
+	}
+	return &sockProc{pid: pid, gone: true}
+}
+
+func joinErr(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // fdTable is a process's open fd and fdinfo directories.

@@ -10,9 +10,10 @@ import (
 // scanProcesses drives a per-process artifact (open_files, memory_maps):
 // every pid read by read on the snapshot workers, records emitted in pid
 // order, the record count reported in the manifest's details under
-// countKey, errors prefixed with the artifact's name.
+// countKey, errors prefixed with the artifact's name. fold, if not nil,
+// sees every batch in pid order before it is written.
 func scanProcesses(ctx context.Context, env Env, w io.Writer, name, countKey string,
-	read func(snapProc, *scratch) procBatch) (Result, error) {
+	read func(snapProc, *scratch) procBatch, fold func(procBatch)) (Result, error) {
 	res := Result{Source: "procfs:" + env.ProcRoot}
 	if err := ctx.Err(); err != nil {
 		return res, err
@@ -27,6 +28,9 @@ func scanProcesses(ctx context.Context, env Env, w io.Writer, name, countKey str
 	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
 		return read(newSnapProc(env.ProcRoot, pids[i]), s)
 	}, func(b procBatch) error {
+		if fold != nil {
+			fold(b)
+		}
 		return b.emit(w, stats, &warn, &res, &n)
 	})
 	res.Warnings = warn.result()

@@ -265,7 +265,7 @@ func TestSnapshotLiveNamespaces(t *testing.T) {
 	}
 
 	var file, memfd *openFileRecord
-	for _, r := range decodeLines[openFileRecord](t, readOpenFiles(newSnapProc("/proc", pid), newScratch(), newOpenFileCache()).data) {
+	for _, r := range decodeLines[openFileRecord](t, readOpenFiles(newSnapProc("/proc", pid), newScratch(), newOpenFileCache(), false).data) {
 		if r.FD != nil {
 			switch *r.FD {
 			case report["file_fd"]:

@@ -281,6 +281,7 @@ func (e errorList) String() string { return strings.Join(e, "; ") }
 type procBatch struct {
 	pid     int
 	gone    bool
+	sock    *sockProc // open_files, when sockets shares its scan
 	records int
 	errs    []string // per-record problems, for warnings
 	data    []byte

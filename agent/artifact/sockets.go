@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -123,34 +124,25 @@ func collectSockets(ctx context.Context, env Env, _ Params, w io.Writer) (Result
 	}
 
 	// Pass 1: who holds which socket, and which network namespace each
-	// process is in. Sockets are global inodes, so one map serves every
-	// namespace.
-	owners := map[uint64][]sockOwner{}
-	procs := map[int]*sockProc{}
-	members := map[uint64][]int{} // netns -> pids, ascending
-	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) sockProc {
-		return scanSocketOwner(newSnapProc(env.ProcRoot, pids[i]), s)
-	}, func(sp sockProc) error {
-		stats.processes++
-		if sp.gone {
-			stats.vanished++
+	// process is in — unless open_files already found out in this
+	// collection.
+	ix := env.Shared.socketOwners()
+	if ix != nil {
+		stats.extra["owners_from"] = "open_files scan started " + ix.scanned.UTC().Format(time.RFC3339Nano)
+	} else {
+		ix = newSocketIndex(stats.started)
+		err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) sockProc {
+			return scanSocketOwner(newSnapProc(env.ProcRoot, pids[i]), s)
+		}, func(sp sockProc) error {
+			ix.add(sp)
 			return nil
-		}
-		if sp.err != "" {
-			stats.errors++
-			warn.add("pid %d: %s", sp.pid, sp.err)
-		}
-		if sp.netns != 0 {
-			members[sp.netns] = append(members[sp.netns], sp.pid)
-		}
-		for _, s := range sp.sockets {
-			owners[s.inode] = append(owners[s.inode], sockOwner{sp.pid, s.fd})
-		}
-		if len(sp.sockets) > 0 {
-			procs[sp.pid] = &sp
-		}
-		return nil
-	})
+		})
+	}
+	stats.processes, stats.vanished, stats.errors = ix.processes, ix.vanished, ix.errors
+	for _, w := range ix.warnings {
+		warn.add("%s", w)
+	}
+	owners, procs, members := ix.owners, ix.procs, ix.members
 	if err != nil {
 		res.Warnings = warn.result()
 		res.Details = stats.details()
@@ -258,15 +250,22 @@ func scanSocketOwner(p snapProc, s *scratch) sockProc {
 		}
 	}
 	if len(sp.sockets) > 0 {
-		if b, _, err := h.read(s, "comm", 256); err == nil {
-			sp.name = strings.TrimSuffix(string(b), "\n")
-		}
-		if b, _, err := h.read(s, "cgroup", maxSmallFile); err == nil {
-			sp.container = parseCgroup(b).Container.ID
-		}
+		sp.name, sp.container = socketOwnerNames(h, s)
 	}
 	sp.err = errs.String()
 	return sp
+}
+
+// socketOwnerNames reads what a socket record says of its owner: the
+// process's command name and container.
+func socketOwnerNames(h procHandle, s *scratch) (name, container string) {
+	if b, _, err := h.read(s, "comm", 256); err == nil {
+		name = strings.TrimSuffix(string(b), "\n")
+	}
+	if b, _, err := h.read(s, "cgroup", maxSmallFile); err == nil {
+		container = parseCgroup(b).Container.ID
+	}
+	return name, container
 }
 
 // readNetNamespace emits every socket of namespace ns, read through member

@@ -1,8 +1,10 @@
 package artifact
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +26,50 @@ func TestSocketsGolden(t *testing.T) {
 	// The one malformed line of the host's udp table is skipped and said.
 	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], `udp: skipped malformed line "    9: ZZZ not a socket"`) {
 		t.Errorf("warnings = %q", res.Warnings)
+	}
+}
+
+// With open_files run first in the same collection, sockets takes the
+// owners from its scan and writes exactly what its own scan would have.
+func TestSocketsOwnersFromOpenFiles(t *testing.T) {
+	alone, aloneRes := collect(t, "sockets", fakeEnv(), nil)
+	env := fakeEnv()
+	env.Shared = NewShared([]string{"sockets", "open_files"})
+	collect(t, "open_files", env, nil)
+	shared, res := collect(t, "sockets", env, nil)
+	if !bytes.Equal(shared, alone) {
+		t.Errorf("sockets with owners from open_files differ from its own scan:\n%s\nvs\n%s", shared, alone)
+	}
+	if !strings.HasPrefix(res.Details["owners_from"], "open_files scan started ") {
+		t.Errorf("Details[owners_from] = %q", res.Details["owners_from"])
+	}
+	for _, k := range []string{"processes_scanned", "processes_vanished", "errors", "net_namespaces", "sockets_unowned"} {
+		if res.Details[k] != aloneRes.Details[k] {
+			t.Errorf("Details[%s] = %q, own scan says %q", k, res.Details[k], aloneRes.Details[k])
+		}
+	}
+	if !slices.Equal(res.Warnings, aloneRes.Warnings) {
+		t.Errorf("warnings %q, own scan %q", res.Warnings, aloneRes.Warnings)
+	}
+}
+
+func TestRunOrder(t *testing.T) {
+	for _, tc := range []struct {
+		names []string
+		want  []int
+	}{
+		{[]string{"processes", "sockets", "open_files", "memory_maps"}, []int{0, 2, 1, 3}},
+		{[]string{"open_files", "sockets"}, []int{0, 1}},
+		{[]string{"sockets", "memory_maps"}, []int{0, 1}},
+		{[]string{"sockets", "x", "open_files"}, []int{2, 0, 1}},
+		{nil, []int{}},
+	} {
+		if got := RunOrder(tc.names); !slices.Equal(got, tc.want) {
+			t.Errorf("RunOrder(%q) = %v, want %v", tc.names, got, tc.want)
+		}
+	}
+	if NewShared([]string{"sockets", "processes"}) != nil || NewShared([]string{"open_files"}) != nil {
+		t.Error("NewShared without both open_files and sockets should be nil")
 	}
 }
 

@@ -70,13 +70,19 @@ func Collect(ctx context.Context, opts Options, reqs []Request) (*manifest.Manif
 		CaseID:        opts.CaseID, Reason: opts.Reason, RequestedBy: "local",
 		RequestedAt: now, StartedAt: now, Agent: opts.Agent,
 	}
+	names := make([]string, len(reqs))
+	for i, r := range reqs {
+		names[i] = r.Name
+	}
+	opts.Env.Shared = artifact.NewShared(names)
 	complete := 0
-	for _, req := range reqs {
-		a := capture(ctx, opts, req)
+	m.Artifacts = make([]manifest.Artifact, len(reqs))
+	for _, i := range artifact.RunOrder(names) {
+		a := capture(ctx, opts, reqs[i])
 		if a.State == "complete" {
 			complete++
 		}
-		m.Artifacts = append(m.Artifacts, a)
+		m.Artifacts[i] = a
 	}
 	m.FinishedAt = time.Now().UTC()
 	switch complete {

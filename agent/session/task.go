@@ -35,12 +35,20 @@ func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custo
 		}
 	}
 	log.Info("task received", "artifacts", len(t.GetArtifacts()))
-	for _, req := range t.GetArtifacts() {
+	reqs := t.GetArtifacts()
+	names := make([]string, len(reqs))
+	for i, r := range reqs {
+		names[i] = r.GetName()
+	}
+	env := a.cfg.Env
+	env.Shared = artifact.NewShared(names)
+	for _, i := range artifact.RunOrder(names) {
+		req := reqs[i]
 		if ctx.Err() != nil {
 			return
 		}
 		start := time.Now()
-		res, err := a.capture(ctx, t.GetTaskId(), req, update)
+		res, err := a.capture(ctx, env, t.GetTaskId(), req, update)
 		if errors.Is(err, errAlreadyStored) {
 			log.Info("artifact already stored", "artifact", req.GetName())
 			continue
@@ -91,7 +99,7 @@ var errAlreadyStored = errors.New("already stored by the collector")
 // collector already holds.
 var errPrefixChanged = errors.New("source no longer reproduces the bytes already stored")
 
-func (a *agent) capture(ctx context.Context, taskID string, req *custodyv1.ArtifactRequest, update func(*custodyv1.TaskUpdate)) (upload.Result, error) {
+func (a *agent) capture(ctx context.Context, env artifact.Env, taskID string, req *custodyv1.ArtifactRequest, update func(*custodyv1.TaskUpdate)) (upload.Result, error) {
 	kind, err := artifact.Lookup(req.GetName())
 	if err != nil {
 		return upload.Result{}, err
@@ -123,15 +131,15 @@ func (a *agent) capture(ctx context.Context, taskID string, req *custodyv1.Artif
 		off := up.ResumeOffset()
 		switch {
 		case off == 0:
-			res, cerr = kind.Collect(ctx, a.cfg.Env, params, up)
+			res, cerr = kind.Collect(ctx, env, params, up)
 		case kind.CollectAt != nil:
 			a.log.Info("resuming upload in place", "artifact", kind.Name, "offset", off)
-			res, cerr = kind.CollectAt(ctx, a.cfg.Env, params, off, up)
+			res, cerr = kind.CollectAt(ctx, env, params, off, up)
 		default:
 			// Regenerate the source, skip what the collector holds, and
 			// check it is what the collector holds.
 			sk := &skipper{w: up, skip: off, h: sha256.New(), want: up.ResumeSHA256()}
-			res, cerr = kind.Collect(ctx, a.cfg.Env, params, sk)
+			res, cerr = kind.Collect(ctx, env, params, sk)
 			if !restart && (errors.Is(cerr, errPrefixChanged) || (cerr == nil && !sk.reached)) {
 				a.log.Info("source changed since the interrupted upload; starting it over", "artifact", kind.Name, "offset", off)
 				up.Abort()
