@@ -29,55 +29,121 @@ var iv = [8]uint32{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0
 // Sum256AndWrite returns sha256.Sum256(p) and writes p to stream, which
 // must come from crypto/sha256.New (anything else is simply hashed twice).
 func Sum256AndWrite(stream hash.Hash, p []byte) [sha256.Size]byte {
-	full := len(p) &^ (blockBytes - 1)
-	if !fast || full == 0 {
-		return separately(stream, p)
+	pr := NewPair(stream)
+	pr.Write(p)
+	return pr.Sum()
+}
+
+// Pair hashes a run of bytes two ways at once: on its own, from scratch,
+// and as the continuation of a running stream digest. Write the run, then
+// Sum: it returns the run's own SHA-256, and stream has absorbed the run.
+// Until Sum, stream must not be used.
+type Pair struct {
+	stream hash.Hash
+	// fast path: both states in registers' order, full blocks only
+	fast         bool
+	own, running [8]uint32
+	state        [stateSize]byte // stream's marshalled state, reused
+	streamLen    uint64          // stream's length before the run
+	n            uint64          // run bytes absorbed in full blocks
+	buf          [blockBytes]byte
+	nbuf         int
+	// slow path
+	alone hash.Hash
+}
+
+// NewPair starts a run on stream, which must come from crypto/sha256.New
+// to take the fast path; anything else is written twice.
+func NewPair(stream hash.Hash) *Pair {
+	p := &Pair{stream: stream}
+	if fast && p.load() {
+		p.fast, p.own = true, iv
+		return p
 	}
-	m, ok1 := stream.(encoding.BinaryAppender)
-	u, ok2 := stream.(encoding.BinaryUnmarshaler)
+	p.alone = sha256.New()
+	return p
+}
+
+// load reads stream's state, if it is crypto/sha256's at a block boundary.
+func (p *Pair) load() bool {
+	m, ok1 := p.stream.(encoding.BinaryAppender)
+	_, ok2 := p.stream.(encoding.BinaryUnmarshaler)
 	if !ok1 || !ok2 {
-		return separately(stream, p)
+		return false
 	}
-	var buf [stateSize]byte
-	state, err := m.AppendBinary(buf[:0])
+	state, err := m.AppendBinary(p.state[:0])
 	if err != nil || len(state) != stateSize || string(state[:len(magic)]) != magic {
-		return separately(stream, p)
+		return false
 	}
-	n := binary.BigEndian.Uint64(state[stateLen:])
-	if n%blockBytes != 0 {
-		// The stream is mid-block: its blocks and the chunk's do not
-		// line up. Chunks are whole multiples of the block size except
+	p.streamLen = binary.BigEndian.Uint64(state[stateLen:])
+	if p.streamLen%blockBytes != 0 {
+		// Mid-block: the stream's blocks and the run's do not line up.
+		// Chunks and parts are whole multiples of the block size except
 		// the last, so this is rare.
-		return separately(stream, p)
+		return false
 	}
-	chunk := iv
-	var running [8]uint32
-	for i := range running {
-		running[i] = binary.BigEndian.Uint32(state[stateH+4*i:])
+	for i := range p.running {
+		p.running[i] = binary.BigEndian.Uint32(state[stateH+4*i:])
 	}
-	block2(&chunk, &running, p[:full])
+	return true
+}
 
-	for i, v := range running {
-		binary.BigEndian.PutUint32(state[stateH+4*i:], v)
+// Write absorbs b into both digests.
+func (p *Pair) Write(b []byte) {
+	if !p.fast {
+		p.stream.Write(b)
+		p.alone.Write(b)
+		return
 	}
-	binary.BigEndian.PutUint64(state[stateLen:], n+uint64(full))
-	if err := u.UnmarshalBinary(state); err != nil {
-		panic("sha256x2: crypto/sha256 refused its own state: " + err.Error())
+	if p.nbuf > 0 {
+		k := copy(p.buf[p.nbuf:], b)
+		p.nbuf += k
+		b = b[k:]
+		if p.nbuf < blockBytes {
+			return
+		}
+		block2(&p.own, &p.running, p.buf[:])
+		p.n += blockBytes
+		p.nbuf = 0
 	}
-	stream.Write(p[full:])
+	if full := len(b) &^ (blockBytes - 1); full > 0 {
+		block2(&p.own, &p.running, b[:full])
+		p.n += uint64(full)
+		b = b[full:]
+	}
+	p.nbuf = copy(p.buf[:], b)
+}
 
-	for i, v := range chunk {
-		binary.BigEndian.PutUint32(state[stateH+4*i:], v)
-	}
-	binary.BigEndian.PutUint64(state[stateLen:], uint64(full))
-	d := sha256.New()
-	if err := d.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
-		panic("sha256x2: crypto/sha256 refused its own state: " + err.Error())
-	}
-	d.Write(p[full:])
+// Sum ends the run: stream has absorbed it, and the run's own digest is
+// returned.
+func (p *Pair) Sum() [sha256.Size]byte {
 	var sum [sha256.Size]byte
-	d.Sum(sum[:0])
+	if !p.fast {
+		p.alone.Sum(sum[:0])
+		return sum
+	}
+	tail := p.buf[:p.nbuf]
+	p.restore(p.stream, p.running, p.streamLen+p.n)
+	p.stream.Write(tail)
+	own := sha256.New()
+	p.restore(own, p.own, p.n)
+	own.Write(tail)
+	own.Sum(sum[:0])
 	return sum
+}
+
+// restore puts state h after n bytes into d, a crypto/sha256 digest.
+func (p *Pair) restore(d hash.Hash, h [8]uint32, n uint64) {
+	st := p.state[:stateSize]
+	copy(st, magic)
+	for i, v := range h {
+		binary.BigEndian.PutUint32(st[stateH+4*i:], v)
+	}
+	clear(st[stateH+32 : stateLen])
+	binary.BigEndian.PutUint64(st[stateLen:], n)
+	if err := d.(encoding.BinaryUnmarshaler).UnmarshalBinary(st); err != nil {
+		panic("sha256x2: crypto/sha256 refused its own state: " + err.Error())
+	}
 }
 
 func separately(stream hash.Hash, p []byte) [sha256.Size]byte {

@@ -68,6 +68,41 @@ func TestChunkChain(t *testing.T) {
 	}
 }
 
+// A run written in pieces of any size, as a store writes a part block by
+// block, gives the same digests as one write.
+func TestPairInPieces(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	data := make([]byte, 3<<20+77)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	for _, prefix := range []int{0, 64, 5 << 20, 1, 100} {
+		for range 20 {
+			run := data[:rng.IntN(len(data))]
+			stream, ref := sha256.New(), sha256.New()
+			pre := bytes.Repeat([]byte{9}, prefix)
+			stream.Write(pre)
+			ref.Write(pre)
+			p := NewPair(stream)
+			for rest := run; len(rest) > 0; {
+				k := min(len(rest), rng.IntN(200000)+1)
+				if rng.IntN(4) == 0 {
+					k = min(len(rest), rng.IntN(130))
+				}
+				p.Write(rest[:k])
+				rest = rest[k:]
+			}
+			if got, want := p.Sum(), sha256.Sum256(run); got != want {
+				t.Fatalf("prefix %d, run %d: own digest %x, want %x", prefix, len(run), got, want)
+			}
+			ref.Write(run)
+			if !bytes.Equal(stream.Sum(nil), ref.Sum(nil)) {
+				t.Fatalf("prefix %d, run %d: stream digest differs", prefix, len(run))
+			}
+		}
+	}
+}
+
 // The fast path must be the one tested wherever the CPU has it, or a
 // broken block2 could hide behind the fallback.
 func TestFastPathUsedWhereAvailable(t *testing.T) {
