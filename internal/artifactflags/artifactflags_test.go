@@ -31,6 +31,12 @@ func TestParams(t *testing.T) {
 		{[]string{"--sensitive", "--container", "0123456789ab"}, []string{"files", "process_memory"},
 			map[string]map[string]string{"files": {"sensitive": "true", "container": "0123456789ab"}, "process_memory": {"container": "0123456789ab"}}, ""},
 		{[]string{"--container", "4242"}, []string{"files"}, map[string]map[string]string{"files": {"container": "4242"}}, ""},
+		{[]string{"--process-name", "^nginx$", "--freeze", "--regions", "anon,heap", "--max-process-bytes", "1GiB", "--max-total-bytes", "2GiB"},
+			[]string{"process_memory"}, map[string]map[string]string{"process_memory": {
+				"process_name": "^nginx$", "freeze": "true", "regions": "anon,heap", "max_process_bytes": "1GiB", "max_total_bytes": "2GiB"}}, ""},
+		{[]string{"--memory-source", "kcore", "--lime-dir", "/opt/lime"}, []string{"physical_memory", "kernel_symbols"},
+			map[string]map[string]string{"physical_memory": {"source": "kcore", "lime_dir": "/opt/lime"}, "kernel_symbols": {}}, ""},
+		{[]string{"--memory-source", "lime"}, []string{"processes"}, nil, "--memory-source is a parameter of physical_memory"},
 		{[]string{"--path", "/var/tmp/x", "--param", "file.offset=0"}, []string{"file"},
 			map[string]map[string]string{"file": {"path": "/var/tmp/x", "offset": "0"}}, ""},
 		{[]string{"--param", "files.globs=/a=b"}, []string{"files"}, map[string]map[string]string{"files": {"globs": "/a=b"}}, ""},
