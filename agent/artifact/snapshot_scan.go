@@ -112,6 +112,7 @@ func snapshotOrdered[T any](ctx context.Context, workers, n int, read func(s *sc
 		}
 	}()
 	var err error
+	emitted := 0
 	for s := range order {
 		select {
 		case <-s.done:
@@ -128,8 +129,14 @@ func snapshotOrdered[T any](ctx context.Context, workers, n int, read func(s *sc
 			err = eerr
 			cancel()
 		}
+		emitted++
 	}
 	wg.Wait()
+	if err == nil && emitted < n {
+		// The producer stopped early, which only ctx ending makes it do;
+		// with nothing left in the queue the loop above never saw it.
+		err = ctx.Err()
+	}
 	return err
 }
 
