@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -179,6 +180,62 @@ func tamper(t *testing.T, path string, off int) (restore func()) {
 		if err := os.Chmod(path, st.Mode().Perm()); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestE2ESocketsOwnedFromOpenFiles: a collection asking for sockets before
+// open_files runs open_files first on the agent and gives sockets its owner
+// scan. Through the collector, both complete, the manifest keeps the
+// requested order, and the agent's own connection to the collector is a
+// socket owned by the agent's pid.
+func TestE2ESocketsOwnedFromOpenFiles(t *testing.T) {
+	c := newCluster(t)
+	ctx := t.Context()
+	c.StartCollector("127.0.0.1:0")
+	agent := c.StartAgent("agent", c.Token(1))
+	agentID := c.WaitConnected(ctx, "")
+
+	col := collectWait(t, c, 0, "--agent", agentID, "--artifacts", "sockets,open_files", "--case", "IR-S", "--reason", "owners")
+	requireComplete(t, col, "sockets", "open_files")
+	dir := c.CollectionDir("IR-S", agentID, col.GetCollectionId())
+	m, err := ReadManifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Artifacts) != 2 || m.Artifacts[0].Name != "sockets" || m.Artifacts[1].Name != "open_files" {
+		t.Fatalf("manifest artifacts %+v, want sockets then open_files", m.Artifacts)
+	}
+	if from := m.Artifacts[0].Details["owners_from"]; !strings.HasPrefix(from, "open_files scan started ") {
+		t.Errorf("sockets details.owners_from = %q (details %v)", from, m.Artifacts[0].Details)
+	}
+	checkStored(t, dir, m, col)
+
+	var out bytes.Buffer
+	if _, _, err := DecodeZstd(filepath.Join(dir, "sockets.jsonl.zst"), &out); err != nil {
+		t.Fatal(err)
+	}
+	ap, err := netip.ParseAddrPort(c.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := int(ap.Port())
+	owned := false
+	for line := range strings.SplitSeq(strings.TrimSpace(out.String()), "\n") {
+		var r struct {
+			PID        *int   `json:"pid"`
+			Protocol   int    `json:"protocol"`
+			RemotePort int    `json:"remote_port"`
+			State      string `json:"state"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("sockets line %q: %v", line, err)
+		}
+		if r.Protocol == 6 && r.RemotePort == port && r.State == "ESTABLISHED" && r.PID != nil && *r.PID == agent.Pid() {
+			owned = true
+		}
+	}
+	if !owned {
+		t.Errorf("no established TCP socket to the collector's port %d owned by the agent (pid %d) in:\n%s", port, agent.Pid(), out.String())
 	}
 }
 
