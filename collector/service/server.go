@@ -41,8 +41,9 @@ type Config struct {
 	TaskTTL time.Duration
 	// Version is the collector's version, recorded in manifests.
 	Version string
-	// MaxUploads bounds uploads in progress (and so the collector's memory,
-	// about 12 MiB each); more wait for a slot.
+	// MaxUploads bounds uploads in progress (and so the collector's memory:
+	// their chunks share chunkMemory, their store buffers the store's
+	// budget); more wait for a slot.
 	MaxUploads int
 }
 

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -242,6 +243,42 @@ func openUpload(t *testing.T, c custodyv1.AgentServiceClient, taskID, art string
 		t.Fatalf("got %v, want accepted", m)
 	}
 	return up
+}
+
+// Uploads accepted while many are running are told to send smaller
+// chunks, so that the collector's memory for chunks in flight stays about
+// chunkMemory however many agents upload at once.
+func TestUploadChunkSizeShrinksWithLoad(t *testing.T) {
+	e := newEnv(t)
+	agentID, _, agent := e.enrolledAgent()
+	r := e.responder("alice")
+	sctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	s := session(t, agent, sctx)
+	var got []int64
+	for range 10 {
+		col := collect(t, r, agentID, "host")
+		nextTask(t, s)
+		up, err := agent.Upload(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
+			TaskId: col.GetCollectionId(), Artifact: "host", Extension: "json", ExpectedSize: -1, Compression: custodyv1.Compression_COMPRESSION_ZSTD,
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := up.Recv()
+		if err != nil || m.GetAccepted() == nil {
+			t.Fatalf("open: %v %v", m, err)
+		}
+		got = append(got, m.GetAccepted().GetMaxChunkSize())
+		defer up.CloseSend() // held open: each counts as running
+	}
+	want := []int64{4 << 20, 4 << 20, 4 << 20, 4 << 20, 2 << 20, 2 << 20, 2 << 20, 2 << 20, 1 << 20, 1 << 20}
+	if !slices.Equal(got, want) {
+		t.Errorf("max chunk sizes of 10 concurrent uploads = %v, want %v", got, want)
+	}
 }
 
 func TestAgentCannotUploadForAnotherAgentsTask(t *testing.T) {

@@ -30,6 +30,23 @@ const (
 	checkpointEvery = 2 * time.Second
 )
 
+// chunkMemory is what the chunks of all uploads in progress may take at
+// once. A chunk is held twice while it is processed (gRPC's receive buffer
+// and the decoded message), so the collector's memory grows with uploads ×
+// chunk size. Uploads accepted while few are running get the protocol's
+// 4 MiB chunks, the fastest; later ones get smaller chunks.
+const chunkMemory = 16 << 20
+
+// chunkSizeFor returns the largest raw chunk size, a power of two from
+// 1 MiB to chunk.MaxRawSize, that keeps active uploads within chunkMemory.
+func chunkSizeFor(active int) int64 {
+	size := int64(chunk.MaxRawSize)
+	for size > 1<<20 && int64(max(active, 1))*size > chunkMemory {
+		size /= 2
+	}
+	return size
+}
+
 // Upload receives one artifact: open, verified chunks, trailer. Nothing
 // becomes evidence until the collector's own hashes agree with the trailer.
 //
@@ -110,6 +127,7 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 	case <-ctx.Done():
 		return toStatus(ctx.Err())
 	}
+	maxChunk := chunkSizeFor(len(s.uploads))
 
 	up, sess, err := s.openUpload(ctx, col, art.Name, key, open, compressed, log)
 	if err != nil {
@@ -155,7 +173,7 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		return err
 	}
 	pos := up.Position()
-	acc := &custodyv1.UploadAccepted{UploadId: sess.ID, MaxChunkSize: chunk.MaxRawSize, ResumeOffset: pos.Offset, NextSequence: pos.Seq}
+	acc := &custodyv1.UploadAccepted{UploadId: sess.ID, MaxChunkSize: maxChunk, ResumeOffset: pos.Offset, NextSequence: pos.Seq}
 	if pos.Offset > 0 {
 		acc.ResumeSha256State, acc.ResumeSha256 = pos.HashState, up.RawSum()
 	}

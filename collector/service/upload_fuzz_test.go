@@ -176,3 +176,11 @@ func readAll(t *testing.T, st store.Store, key string) []byte {
 	}
 	return b
 }
+
+func TestChunkSizeFor(t *testing.T) {
+	for active, want := range map[int]int64{0: 4 << 20, 1: 4 << 20, 4: 4 << 20, 5: 2 << 20, 8: 2 << 20, 9: 1 << 20, 16: 1 << 20, 500: 1 << 20} {
+		if got := chunkSizeFor(active); got != want {
+			t.Errorf("chunkSizeFor(%d) = %d, want %d", active, got, want)
+		}
+	}
+}
