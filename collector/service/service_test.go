@@ -226,6 +226,13 @@ func TestJoinTokens(t *testing.T) {
 // openUpload opens a raw upload for one artifact of task and returns the stream after acceptance.
 func openUpload(t *testing.T, c custodyv1.AgentServiceClient, taskID, art string) custodyv1.AgentService_UploadClient {
 	t.Helper()
+	up, _ := openUploadAccepted(t, c, taskID, art)
+	return up
+}
+
+// openUploadAccepted is openUpload that also returns the acceptance.
+func openUploadAccepted(t *testing.T, c custodyv1.AgentServiceClient, taskID, art string) (custodyv1.AgentService_UploadClient, *custodyv1.UploadAccepted) {
+	t.Helper()
 	up, err := c.Upload(ctx(t))
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +249,7 @@ func openUpload(t *testing.T, c custodyv1.AgentServiceClient, taskID, art string
 	if m.GetAccepted() == nil {
 		t.Fatalf("got %v, want accepted", m)
 	}
-	return up
+	return up, m.GetAccepted()
 }
 
 // Uploads accepted while many are running are told to send smaller
@@ -259,20 +266,8 @@ func TestUploadChunkSizeShrinksWithLoad(t *testing.T) {
 	for range 10 {
 		col := collect(t, r, agentID, "host")
 		nextTask(t, s)
-		up, err := agent.Upload(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
-			TaskId: col.GetCollectionId(), Artifact: "host", Extension: "json", ExpectedSize: -1, Compression: custodyv1.Compression_COMPRESSION_ZSTD,
-		}}}); err != nil {
-			t.Fatal(err)
-		}
-		m, err := up.Recv()
-		if err != nil || m.GetAccepted() == nil {
-			t.Fatalf("open: %v %v", m, err)
-		}
-		got = append(got, m.GetAccepted().GetMaxChunkSize())
+		up, acc := openUploadAccepted(t, agent, col.GetCollectionId(), "host")
+		got = append(got, acc.GetMaxChunkSize())
 		defer up.CloseSend() // held open: each counts as running
 	}
 	want := []int64{4 << 20, 4 << 20, 4 << 20, 4 << 20, 2 << 20, 2 << 20, 2 << 20, 2 << 20, 1 << 20, 1 << 20}
