@@ -120,10 +120,18 @@ func (u *Upload) Write(c chunk.Chunk) error {
 	if err := u.v.Check(c); err != nil {
 		return fmt.Errorf("ingest: %s: %w", u.key, err)
 	}
-	if _, err := u.w.Write(c.Data); err != nil {
-		return fmt.Errorf("ingest: %s: store write: %w", u.key, err)
+	// The stored bytes are hashed here and by the store, each for its own
+	// check; a store that can does both in one pass.
+	if tw, ok := u.w.(store.TeeWriter); ok {
+		if _, err := tw.WriteTee(c.Data, u.stored); err != nil {
+			return fmt.Errorf("ingest: %s: store write: %w", u.key, err)
+		}
+	} else {
+		if _, err := u.w.Write(c.Data); err != nil {
+			return fmt.Errorf("ingest: %s: store write: %w", u.key, err)
+		}
+		u.stored.Write(c.Data)
 	}
-	u.stored.Write(c.Data)
 	u.storedSize += int64(len(c.Data))
 	if _, ok := u.w.(store.ResumableWriter); ok {
 		u.ledger = append(u.ledger, u.mark())

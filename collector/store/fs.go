@@ -16,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/custodyhq/custody/internal/sha256x2"
 )
 
 const (
@@ -288,7 +290,11 @@ type fsWriter struct {
 	committed *Info
 }
 
-func (w *fsWriter) Write(p []byte) (int, error) {
+func (w *fsWriter) Write(p []byte) (int, error) { return w.WriteTee(p, nil) }
+
+// WriteTee implements TeeWriter: the bytes written go into the store's
+// digest and, in the same pass, into h (if not nil).
+func (w *fsWriter) WriteTee(p []byte, h hash.Hash) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.f == nil {
@@ -298,7 +304,11 @@ func (w *fsWriter) Write(p []byte) (int, error) {
 		return 0, w.broken
 	}
 	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
+	if h != nil {
+		sha256x2.WriteBoth(w.h, h, p[:n])
+	} else {
+		w.h.Write(p[:n])
+	}
 	w.n += int64(n)
 	if err != nil {
 		w.broken = fmt.Errorf("store: write %s: %w", w.key, err)

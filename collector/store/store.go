@@ -168,6 +168,13 @@ type Writer interface {
 	Abort(ctx context.Context) error
 }
 
+// TeeWriter is a Writer that can also feed its caller's running SHA-256
+// of the object in the same pass as its own digest. Both must have taken
+// the same bytes; the caller's digest then takes exactly what was written.
+type TeeWriter interface {
+	WriteTee(p []byte, h hash.Hash) (int, error)
+}
+
 // Info describes a committed object.
 type Info struct {
 	Key  string

@@ -67,26 +67,33 @@ func NewPair(stream hash.Hash) *Pair {
 
 // load reads stream's state, if it is crypto/sha256's at a block boundary.
 func (p *Pair) load() bool {
-	m, ok1 := p.stream.(encoding.BinaryAppender)
-	_, ok2 := p.stream.(encoding.BinaryUnmarshaler)
+	var ok bool
+	p.running, p.streamLen, ok = loadState(p.stream, &p.state)
+	return ok
+}
+
+// loadState reads d's chaining state and length through its marshalled
+// form, if d is a crypto/sha256 digest at a block boundary. Mid-block,
+// d's blocks and a run's would not line up; chunks and parts are whole
+// multiples of the block size except the last, so that is rare.
+func loadState(d hash.Hash, buf *[stateSize]byte) (h [8]uint32, n uint64, ok bool) {
+	m, ok1 := d.(encoding.BinaryAppender)
+	_, ok2 := d.(encoding.BinaryUnmarshaler)
 	if !ok1 || !ok2 {
-		return false
+		return h, 0, false
 	}
-	state, err := m.AppendBinary(p.state[:0])
+	state, err := m.AppendBinary(buf[:0])
 	if err != nil || len(state) != stateSize || string(state[:len(magic)]) != magic {
-		return false
+		return h, 0, false
 	}
-	p.streamLen = binary.BigEndian.Uint64(state[stateLen:])
-	if p.streamLen%blockBytes != 0 {
-		// Mid-block: the stream's blocks and the run's do not line up.
-		// Chunks and parts are whole multiples of the block size except
-		// the last, so this is rare.
-		return false
+	n = binary.BigEndian.Uint64(state[stateLen:])
+	if n%blockBytes != 0 {
+		return h, 0, false
 	}
-	for i := range p.running {
-		p.running[i] = binary.BigEndian.Uint32(state[stateH+4*i:])
+	for i := range h {
+		h[i] = binary.BigEndian.Uint32(state[stateH+4*i:])
 	}
-	return true
+	return h, n, true
 }
 
 // Write absorbs b into both digests.
@@ -134,8 +141,12 @@ func (p *Pair) Sum() [sha256.Size]byte {
 }
 
 // restore puts state h after n bytes into d, a crypto/sha256 digest.
-func (p *Pair) restore(d hash.Hash, h [8]uint32, n uint64) {
-	st := p.state[:stateSize]
+func (p *Pair) restore(d hash.Hash, h [8]uint32, n uint64) { restoreState(d, h, n, &p.state) }
+
+// restoreState puts chaining state h after n bytes (a multiple of the
+// block size) into d, a crypto/sha256 digest.
+func restoreState(d hash.Hash, h [8]uint32, n uint64, buf *[stateSize]byte) {
+	st := buf[:]
 	copy(st, magic)
 	for i, v := range h {
 		binary.BigEndian.PutUint32(st[stateH+4*i:], v)
@@ -145,4 +156,57 @@ func (p *Pair) restore(d hash.Hash, h [8]uint32, n uint64) {
 	if err := d.(encoding.BinaryUnmarshaler).UnmarshalBinary(st); err != nil {
 		panic("sha256x2: crypto/sha256 refused its own state: " + err.Error())
 	}
+}
+
+// WriteBoth writes p to a and b, two running crypto/sha256 digests of the
+// same bytes so far (a store's digest of an object and its caller's), in
+// one pass. Digests that are not crypto/sha256's, or that have taken
+// different lengths, are simply written one after the other.
+func WriteBoth(a, b hash.Hash, p []byte) {
+	if !fast || len(p) < 2*blockBytes {
+		a.Write(p)
+		b.Write(p)
+		return
+	}
+	// Bring both to a block boundary with ordinary writes (they are at
+	// the same offset if they have seen the same bytes).
+	var buf [stateSize]byte
+	na, ok := marshalledLen(a, &buf)
+	if nb, okb := marshalledLen(b, &buf); !ok || !okb || na != nb {
+		a.Write(p)
+		b.Write(p)
+		return
+	}
+	if r := na % blockBytes; r != 0 {
+		head := p[:blockBytes-r]
+		a.Write(head)
+		b.Write(head)
+		p = p[len(head):]
+	}
+	ha, n, oka := loadState(a, &buf)
+	hb, _, okb := loadState(b, &buf)
+	full := len(p) &^ (blockBytes - 1)
+	if !oka || !okb || full == 0 {
+		a.Write(p)
+		b.Write(p)
+		return
+	}
+	block2(&ha, &hb, p[:full])
+	restoreState(a, ha, n+uint64(full), &buf)
+	restoreState(b, hb, n+uint64(full), &buf)
+	a.Write(p[full:])
+	b.Write(p[full:])
+}
+
+// marshalledLen returns how many bytes crypto/sha256 digest d has taken.
+func marshalledLen(d hash.Hash, buf *[stateSize]byte) (uint64, bool) {
+	m, ok := d.(encoding.BinaryAppender)
+	if !ok {
+		return 0, false
+	}
+	state, err := m.AppendBinary(buf[:0])
+	if err != nil || len(state) != stateSize || string(state[:len(magic)]) != magic {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(state[stateLen:]), true
 }
