@@ -236,10 +236,9 @@ func (s *Stream) send(c chunk.Chunk) error {
 // Write implements io.Writer.
 func (s *Stream) Write(p []byte) (int, error) { return s.w.Write(p) }
 
-// ReadFrom lets io.Copy hand over large reads without an extra buffer.
-func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
-	return io.CopyBuffer(struct{ io.Writer }{s.w}, r, make([]byte, 1<<20))
-}
+// ReadFrom reads r straight into the chunk being filled (chunk.Writer's
+// ReadFrom): io.Copy into a Stream makes no copy of its own.
+func (s *Stream) ReadFrom(r io.Reader) (int64, error) { return s.w.ReadFrom(r) }
 
 // Close flushes, sends the trailer and waits for the collector's commit.
 func (s *Stream) Close(t Trailer) (Result, error) {

@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
+	"testing/iotest"
 )
 
 func encodeAll(t *testing.T, compress bool, data []byte, size int) ([]Chunk, Trailer) {
@@ -199,6 +201,69 @@ func FuzzVerify(f *testing.F) {
 			t.Fatal("accepted a chunk whose bytes do not match its header")
 		}
 	})
+}
+
+// oddReader returns at most a varying, odd number of bytes per Read.
+type oddReader struct {
+	data []byte
+	i    int
+}
+
+func (r *oddReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	r.i++
+	n := min(len(p), len(r.data), 1+(r.i*7919)%(3<<20))
+	copy(p, r.data[:n])
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// ReadFrom cuts the same chunks as Write, with the same hashes, and stops
+// at the reader's error.
+func TestWriterReadFrom(t *testing.T) {
+	data := testData(11<<20 + 17)
+	for _, workers := range []int{1, 2} {
+		encode := func(fill func(*Writer) error) ([]Chunk, Trailer) {
+			e, _ := NewEncoder(true)
+			var cs []Chunk
+			w := NewParallelWriter(e, 4<<20, workers, func(c Chunk) error {
+				c.Data = bytes.Clone(c.Data)
+				cs = append(cs, c)
+				return nil
+			})
+			if err := fill(w); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			return cs, w.Trailer()
+		}
+		want, wantTr := encode(func(w *Writer) error { _, err := w.Write(data); return err })
+		got, gotTr := encode(func(w *Writer) error {
+			n, err := w.ReadFrom(&oddReader{data: data})
+			if n != int64(len(data)) {
+				t.Errorf("ReadFrom read %d bytes, want %d", n, len(data))
+			}
+			return err
+		})
+		if len(got) != len(want) || !bytes.Equal(gotTr.SHA256, wantTr.SHA256) || gotTr.Total != wantTr.Total {
+			t.Fatalf("workers=%d: ReadFrom made %d chunks (trailer %+v), Write %d (%+v)", workers, len(got), gotTr, len(want), wantTr)
+		}
+		for i := range got {
+			if got[i].RawLen != want[i].RawLen || !bytes.Equal(got[i].SHA256, want[i].SHA256) || !bytes.Equal(got[i].Data, want[i].Data) {
+				t.Fatalf("workers=%d: chunk %d differs", workers, i)
+			}
+		}
+	}
+	boom := errors.New("disk gone")
+	e, _ := NewEncoder(true)
+	w := NewWriter(e, 1<<20, func(Chunk) error { return nil })
+	if _, err := w.ReadFrom(io.MultiReader(bytes.NewReader(data[:3<<20]), iotest.ErrReader(boom))); !errors.Is(err, boom) {
+		t.Fatalf("ReadFrom over a failing reader: %v, want %v", err, boom)
+	}
 }
 
 func TestWriterCutsExactChunks(t *testing.T) {

@@ -45,8 +45,14 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 		b.Fatalf("warming the page cache: %v (sha256 %s, want %s)", err, got, sum)
 	}
 
-	ceiling := timeShell(b, ctx, `zstd -1 -q -c < "$1" | sha256sum > /dev/null`, img)
-	orchestrator := timeShell(b, ctx, `cat "$1" | tee >(sha256sum > "$2/h") | gzip | cat > "$2/out"`, img, b.TempDir())
+	// The comparison pipelines run before and after custody and the faster
+	// run of each counts: a pipeline slowed by something else on the
+	// machine would flatter custody's ratios.
+	outDir := b.TempDir()
+	ceilingCmd := `zstd -1 -q -c < "$1" | sha256sum > /dev/null`
+	orchestratorCmd := `cat "$1" | tee >(sha256sum > "$2/h") | gzip | cat > "$2/out"`
+	ceiling := timeShell(b, ctx, ceilingCmd, img)
+	orchestrator := timeShell(b, ctx, orchestratorCmd, img, outDir)
 
 	collector := c.StartCollector("127.0.0.1:0")
 	agent := c.StartAgent("agent", c.Token(1))
@@ -59,6 +65,8 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	agentCPU, collectorCPU := cpuSeconds(agent.Pid()), cpuSeconds(collector.Pid())
 	agent.Stop()
 	collector.Stop()
+	ceiling = min(ceiling, timeShell(b, ctx, ceilingCmd, img))
+	orchestrator = min(orchestrator, timeShell(b, ctx, orchestratorCmd, img, outDir))
 
 	rate := float64(b.N) * size / mib / total.Seconds()
 	orchRate := size / mib / orchestrator.Seconds()
@@ -71,7 +79,7 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	b.ReportMetric(agentCPU, "agent_cpu_s")
 	b.ReportMetric(collectorCPU, "collector_cpu_s")
 	b.Logf("2 GiB memory-like image: custody %.0f MiB/s (%.1fs, stored %.0f MiB, peak RSS agent %.0f MiB, collector %.0f MiB, CPU agent %.1fs, collector %.1fs); "+
-		"orchestrator cat|tee sha256sum|gzip %.0f MiB/s (%.1fs) -> %.1fx (target >= 5x); zstd -1|sha256sum %.0f MiB/s (%.1fs) -> %.2fx (target >= 0.7x)",
+		"orchestrator cat|tee sha256sum|gzip %.0f MiB/s (%.1fs, faster of 2) -> %.1fx (target >= 5x); zstd -1|sha256sum %.0f MiB/s (%.1fs, faster of 2) -> %.2fx (target >= 0.7x)",
 		rate, total.Seconds()/float64(b.N), float64(stored)/mib, float64(agentPeak)/mib, float64(collectorPeak)/mib, agentCPU, collectorCPU,
 		orchRate, orchestrator.Seconds(), rate/orchRate, ceilRate, ceiling.Seconds(), rate/ceilRate)
 }
