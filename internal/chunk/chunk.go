@@ -165,22 +165,10 @@ func NewEncoderCodec(codec Codec, p Position, n int) (*Encoder, error) {
 	return e, nil
 }
 
-// advance accounts raw as the next chunk of the stream, in order, without
-// encoding it, returning its sequence number and offset.
-func (e *Encoder) advance(raw []byte) (uint64, int64, error) {
-	if len(raw) == 0 || len(raw) > MaxRawSize {
-		return 0, 0, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
-	}
-	e.whole.Write(raw)
-	seq, off := e.seq, e.offset
-	e.seq++
-	e.offset += int64(len(raw))
-	return seq, off, nil
-}
-
-// advanceHashed is advance that also returns raw's own SHA-256, computed in
-// the same pass as the whole-stream hash.
-func (e *Encoder) advanceHashed(raw []byte) (seq uint64, off int64, sum [sha256.Size]byte, err error) {
+// advance accounts raw as the next chunk of the stream, in order,
+// without encoding it: it returns the chunk's sequence number, offset and
+// own SHA-256, computed in the same pass as the whole-stream hash.
+func (e *Encoder) advance(raw []byte) (seq uint64, off int64, sum [sha256.Size]byte, err error) {
 	if len(raw) == 0 || len(raw) > MaxRawSize {
 		return 0, 0, sum, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
 	}
@@ -203,7 +191,7 @@ func (e *Encoder) frame(raw, dst []byte) ([]byte, error) {
 // Encode frames raw as the next chunk. dst is reused for the frame when it
 // has capacity; the returned Chunk aliases it.
 func (e *Encoder) Encode(raw, dst []byte) (Chunk, error) {
-	seq, off, sum, err := e.advanceHashed(raw)
+	seq, off, sum, err := e.advance(raw)
 	if err != nil {
 		return Chunk{}, err
 	}

@@ -129,7 +129,7 @@ func (w *Writer) submit() error {
 			return err
 		}
 	}
-	seq, off, sum, err := w.enc.advanceHashed(w.raw)
+	seq, off, sum, err := w.enc.advance(w.raw)
 	if err != nil {
 		w.err = err
 		return err
@@ -147,7 +147,7 @@ func (w *Writer) submit() error {
 // inline encodes and emits the buffered chunk on the calling goroutine: one
 // raw buffer and one frame buffer, nothing else, for the smallest footprint.
 func (w *Writer) inline() error {
-	seq, off, sum, err := w.enc.advanceHashed(w.raw)
+	seq, off, sum, err := w.enc.advance(w.raw)
 	if err != nil {
 		w.err = err
 		return err
