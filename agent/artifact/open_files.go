@@ -120,6 +120,9 @@ func (c *openFileCache) put(k openFileKey, st openFileStat) {
 func readOpenFiles(p snapProc, s *scratch, files *openFileCache, sockets bool) procBatch {
 	out := newProcBatch(p.pid)
 	var sp *sockProc
+	if sockets {
+		sp = &sockProc{pid: p.pid}
+	}
 	// Permission denied (or worse) on the whole table: one record says
 	// so, and the scan goes on.
 	tableError := func(err error) procBatch {
@@ -136,17 +139,13 @@ func readOpenFiles(p snapProc, s *scratch, files *openFileCache, sockets bool) p
 	}
 	h, err := openProc(p)
 	if err != nil {
-		if sockets {
-			sp = &sockProc{pid: p.pid}
-		}
 		return tableError(err)
 	}
 	defer h.close()
-	if sockets {
-		sp = &sockProc{pid: p.pid}
+	if sp != nil {
 		if sp.netns, err = h.namespace(s, "net"); err != nil {
 			if p.gone(err) {
-				return procBatch{pid: p.pid, gone: true, sock: &sockProc{pid: p.pid, gone: true}}
+				return procBatch{pid: p.pid, gone: true, sock: goneSock(sp, p.pid)}
 			}
 			sp.err = "net_namespace: " + err.Error()
 		}
