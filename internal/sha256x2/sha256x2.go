@@ -30,18 +30,18 @@ var iv = [8]uint32{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0
 // Sum256AndWrite returns sha256.Sum256(p) and writes p to stream, which
 // must come from crypto/sha256.New (anything else is simply hashed twice).
 func Sum256AndWrite(stream hash.Hash, p []byte) [sha256.Size]byte {
-	pr := NewPair(stream)
+	pr := newPair(stream)
 	pr.Write(p)
 	return pr.Sum()
 }
 
-// Pair hashes a run of bytes two ways at once: on its own, from scratch,
+// pair hashes a run of bytes two ways at once: on its own, from scratch,
 // and as the continuation of a running stream digest. Write the run, then
 // Sum: it returns the run's own SHA-256, and stream has absorbed the run.
 // Until Sum, stream must not be used.
-type Pair struct {
+type pair struct {
 	stream hash.Hash
-	// fast path: both states in registers' order, full blocks only
+	// fast path: the two chaining states, advanced by whole blocks
 	fast         bool
 	own, running [8]uint32
 	state        [stateSize]byte // stream's marshalled state, reused
@@ -53,10 +53,10 @@ type Pair struct {
 	alone hash.Hash
 }
 
-// NewPair starts a run on stream, which must come from crypto/sha256.New
+// newPair starts a run on stream, which must come from crypto/sha256.New
 // to take the fast path; anything else is written twice.
-func NewPair(stream hash.Hash) *Pair {
-	p := &Pair{stream: stream}
+func newPair(stream hash.Hash) *pair {
+	p := &pair{stream: stream}
 	if fast && p.load() {
 		p.fast, p.own = true, iv
 		return p
@@ -66,7 +66,7 @@ func NewPair(stream hash.Hash) *Pair {
 }
 
 // load reads stream's state, if it is crypto/sha256's at a block boundary.
-func (p *Pair) load() bool {
+func (p *pair) load() bool {
 	var ok bool
 	p.running, p.streamLen, ok = loadState(p.stream, &p.state)
 	return ok
@@ -97,7 +97,7 @@ func loadState(d hash.Hash, buf *[stateSize]byte) (h [8]uint32, n uint64, ok boo
 }
 
 // Write absorbs b into both digests.
-func (p *Pair) Write(b []byte) {
+func (p *pair) Write(b []byte) {
 	if !p.fast {
 		p.stream.Write(b)
 		p.alone.Write(b)
@@ -124,7 +124,7 @@ func (p *Pair) Write(b []byte) {
 
 // Sum ends the run: stream has absorbed it, and the run's own digest is
 // returned.
-func (p *Pair) Sum() [sha256.Size]byte {
+func (p *pair) Sum() [sha256.Size]byte {
 	var sum [sha256.Size]byte
 	if !p.fast {
 		p.alone.Sum(sum[:0])
@@ -141,7 +141,7 @@ func (p *Pair) Sum() [sha256.Size]byte {
 }
 
 // restore puts state h after n bytes into d, a crypto/sha256 digest.
-func (p *Pair) restore(d hash.Hash, h [8]uint32, n uint64) { restoreState(d, h, n, &p.state) }
+func (p *pair) restore(d hash.Hash, h [8]uint32, n uint64) { restoreState(d, h, n, &p.state) }
 
 // restoreState puts chaining state h after n bytes (a multiple of the
 // block size) into d, a crypto/sha256 digest.

@@ -85,7 +85,7 @@ func TestPairInPieces(t *testing.T) {
 			pre := bytes.Repeat([]byte{9}, prefix)
 			stream.Write(pre)
 			ref.Write(pre)
-			p := NewPair(stream)
+			p := newPair(stream)
 			for rest := run; len(rest) > 0; {
 				k := min(len(rest), rng.IntN(200000)+1)
 				if rng.IntN(4) == 0 {

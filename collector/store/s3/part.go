@@ -1,6 +1,7 @@
 package s3
 
 import (
+	"crypto/sha256"
 	"errors"
 	"io"
 	"sync"
@@ -35,10 +36,8 @@ type part struct {
 	size     int64
 	reserved int64 // bytes of the store's memory budget this part holds
 
-	// Set when the part is sealed (writer.fold): the part's own SHA-256,
-	// sent with it, and the running SHA-256 of the object up to its end,
-	// for a checkpoint.
-	own       []byte
+	// Set when the part is sealed: the running SHA-256 of the object up to
+	// the end of this part, for a checkpoint.
 	hashAfter []byte
 
 	// Set by a successful upload; read after done is closed.
@@ -91,6 +90,14 @@ func (p *part) release() {
 		}
 	}
 	p.blocks = nil
+}
+
+func (p *part) sum() []byte {
+	h := sha256.New()
+	for _, b := range p.blocks {
+		h.Write(*b)
+	}
+	return h.Sum(nil)
 }
 
 // reader returns the part's bytes as an io.ReadSeeker, which the SDK

@@ -18,7 +18,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/custodyhq/custody/collector/store"
-	"github.com/custodyhq/custody/internal/sha256x2"
 )
 
 // Create implements store.Store. Nothing is sent until the first part is
@@ -146,6 +145,7 @@ func (w *writer) Write(p []byte) (int, error) {
 		// overdraft of less than one Write.
 		w.buf.reserved += over
 	}
+	w.h.Write(p)
 	w.n += int64(len(p))
 	if w.buf.size >= w.partSizeFor(int32(len(w.parts)+1)) {
 		if err := w.seal(w.ctx); err != nil {
@@ -175,7 +175,6 @@ func (w *writer) seal(ctx context.Context) error {
 	p := w.buf
 	w.buf = nil
 	p.num = int32(len(w.parts) + 1)
-	w.fold(p)
 	hs, err := store.MarshalHash(w.h)
 	if err != nil {
 		w.s.budget.Release(p.reserved)
@@ -187,21 +186,6 @@ func (w *writer) seal(ctx context.Context) error {
 	w.parts = append(w.parts, p)
 	go w.upload(p, w.uploadID)
 	return nil
-}
-
-// fold hashes part p, once: its own SHA-256 and, in the same pass, the
-// object's running SHA-256 through it. Write does not hash; a part's bytes
-// are hashed when it is sealed, or at commit for the bytes still buffered.
-func (w *writer) fold(p *part) {
-	if p.own != nil {
-		return
-	}
-	pr := sha256x2.NewPair(w.h)
-	for _, b := range p.blocks {
-		pr.Write(*b)
-	}
-	sum := pr.Sum()
-	p.own = sum[:]
 }
 
 func (w *writer) startUpload(ctx context.Context) error {
@@ -260,7 +244,7 @@ func (w *writer) upload(p *part, uploadID string) {
 		p.release()
 		w.s.budget.Release(p.reserved)
 	}()
-	sum := p.own
+	sum := p.sum()
 	out, err := w.s.client.UploadPart(w.ctx, &s3api.UploadPartInput{
 		Bucket: &w.s.cfg.Bucket, Key: &w.obj, UploadId: &uploadID, PartNumber: aws.Int32(p.num),
 		Body: p.reader(), ContentLength: aws.Int64(p.size), ChecksumSHA256: b64(sum),
@@ -336,9 +320,6 @@ func (w *writer) commit(ctx context.Context, size int64, sum []byte) (store.Info
 	}
 	if err := w.failure(); err != nil {
 		return store.Info{}, err
-	}
-	if w.buf != nil {
-		w.fold(w.buf)
 	}
 	got := w.h.Sum(nil)
 	if size != w.n || !bytes.Equal(sum, got) {
