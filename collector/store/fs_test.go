@@ -1,10 +1,8 @@
 package store_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"io/fs"
 	"os"
@@ -121,43 +119,6 @@ func TestFSPartialFile(t *testing.T) {
 	}
 	if got := mode(t, filepath.Join(dir, "c/a/x", names[0])); got != 0o600 {
 		t.Errorf("partial file mode = %v, want 0600", got)
-	}
-}
-
-// WriteTee feeds the caller's digest the bytes written, in chunks of any
-// length, and the object commits under that digest.
-func TestFSWriteTee(t *testing.T) {
-	s, dir := newFS(t)
-	w, err := s.Create(t.Context(), "c/a/x/disk.img", store.CreateOptions{ExpectedSize: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Abort(t.Context())
-	tw, ok := w.(store.TeeWriter)
-	if !ok {
-		t.Fatal("the fs writer is not a TeeWriter")
-	}
-	data := make([]byte, 3<<20+5)
-	for i := range data {
-		data[i] = byte(i*131 + i>>9)
-	}
-	mine := sha256.New()
-	for off, k := 0, 1; off < len(data); off, k = off+k, k*3+7 {
-		k = min(k, len(data)-off)
-		if _, err := tw.WriteTee(data[off:off+k], mine); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want := sha256.Sum256(data)
-	if got := mine.Sum(nil); !bytes.Equal(got, want[:]) {
-		t.Fatalf("caller's digest %x, want %x", got, want)
-	}
-	info, err := w.Commit(t.Context(), int64(len(data)), want[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err := os.ReadFile(filepath.Join(dir, "c/a/x/disk.img")); err != nil || !bytes.Equal(b, data) || info.SHA256 != hex.EncodeToString(want[:]) {
-		t.Fatalf("stored object differs (err %v, info %+v)", err, info)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/custodyhq/custody/collector/store"
+	"github.com/custodyhq/custody/internal/sha256x2"
 )
 
 // Create implements store.Store. Nothing is sent until the first part is
@@ -107,7 +108,11 @@ type writer struct {
 	partErr error // first failed part, set by the uploads
 }
 
-func (w *writer) Write(p []byte) (int, error) {
+func (w *writer) Write(p []byte) (int, error) { return w.WriteTee(p, nil) }
+
+// WriteTee implements store.TeeWriter: the bytes written go into the
+// object's digest and, in the same pass, into h (if not nil).
+func (w *writer) WriteTee(p []byte, h hash.Hash) (int, error) {
 	w.op.Lock()
 	defer w.op.Unlock()
 	if w.finished {
@@ -145,7 +150,11 @@ func (w *writer) Write(p []byte) (int, error) {
 		// overdraft of less than one Write.
 		w.buf.reserved += over
 	}
-	w.h.Write(p)
+	if h != nil {
+		sha256x2.WriteBoth(w.h, h, p)
+	} else {
+		w.h.Write(p)
+	}
 	w.n += int64(len(p))
 	if w.buf.size >= w.partSizeFor(int32(len(w.parts)+1)) {
 		if err := w.seal(w.ctx); err != nil {

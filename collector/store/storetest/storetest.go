@@ -44,6 +44,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"ConcurrentSameKey", testConcurrentSameKey},
 		{"LargeStreamed", testLargeStreamed},
+		{"TeeWriter", testTeeWriter},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tc := range tests {
@@ -658,6 +659,43 @@ func testLargeStreamed(t *testing.T, s store.Store) {
 	}
 	if n != size || !bytes.Equal(h.Sum(nil), sum) {
 		t.Errorf("Open returned %d bytes sha256 %x, want %d bytes sha256 %x", n, h.Sum(nil), size, sum)
+	}
+}
+
+// testTeeWriter: a store writer that is a store.TeeWriter feeds the
+// caller's digest exactly the bytes written, whatever the write sizes, and
+// the object commits under that digest.
+func testTeeWriter(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	k := key(t, "case-1", "agent-1", "col-1", "tee.bin")
+	data := randBytes(600, 9<<20+13)
+	w, err := s.Create(ctx, k, store.CreateOptions{ExpectedSize: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort(ctx)
+	tw, ok := w.(store.TeeWriter)
+	if !ok {
+		return // nothing to check: the caller hashes on its own
+	}
+	h := sha256.New()
+	for off, n := 0, 1; off < len(data); off, n = off+n, n*5+3 {
+		n = min(n, len(data)-off, 1<<20+7)
+		if _, err := tw.WriteTee(data[off:off+n], h); err != nil {
+			t.Fatalf("WriteTee at %d: %v", off, err)
+		}
+	}
+	sum := h.Sum(nil)
+	if !bytes.Equal(sum, digest(data)) {
+		t.Fatalf("caller's digest %x, want %x", sum, digest(data))
+	}
+	committed, err := w.Commit(ctx, int64(len(data)), sum)
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	checkInfo(t, "Commit", wantInfo(k, data), committed)
+	if got := readAll(t, s, k); !bytes.Equal(got, data) {
+		t.Errorf("read back %d bytes, want the %d written", len(got), len(data))
 	}
 }
 
