@@ -129,17 +129,14 @@ func parseProcessParams(p Params) (processOptions, error) {
 }
 
 func collectProcesses(ctx context.Context, env Env, p Params, w io.Writer) (Result, error) {
-	res := Result{Source: "procfs:" + env.ProcRoot}
 	opts, err := parseProcessParams(p)
+	if err != nil {
+		return Result{Source: "procfs:" + env.ProcRoot}, err
+	}
+	res, stats, warn, err := beginSnapshot(ctx, env)
 	if err != nil {
 		return res, err
 	}
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
-	stats := newSnapshotStats(env)
-	warn := warnings{log: env.Logger}
-
 	pids, err := snapshotPIDs(env.ProcRoot)
 	if err != nil {
 		return res, fmt.Errorf("processes: %w", err)

@@ -7,6 +7,12 @@ import (
 	"strconv"
 )
 
+// beginSnapshot is how every snapshot starts: its Result, counters and
+// warnings, unless ctx has already ended.
+func beginSnapshot(ctx context.Context, env Env) (Result, *snapshotStats, warnings, error) {
+	return Result{Source: "procfs:" + env.ProcRoot}, newSnapshotStats(env), warnings{log: env.Logger}, ctx.Err()
+}
+
 // scanProcesses drives a per-process artifact (open_files, memory_maps):
 // every pid read by read on the snapshot workers, records emitted in pid
 // order, the record count reported in the manifest's details under
@@ -14,12 +20,10 @@ import (
 // sees every batch in pid order before it is written.
 func scanProcesses(ctx context.Context, env Env, w io.Writer, name, countKey string,
 	read func(snapProc, *scratch) procBatch, fold func(procBatch)) (Result, error) {
-	res := Result{Source: "procfs:" + env.ProcRoot}
-	if err := ctx.Err(); err != nil {
+	res, stats, warn, err := beginSnapshot(ctx, env)
+	if err != nil {
 		return res, err
 	}
-	stats := newSnapshotStats(env)
-	warn := warnings{log: env.Logger}
 	pids, err := snapshotPIDs(env.ProcRoot)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", name, err)

@@ -112,15 +112,9 @@ type sockFD struct {
 }
 
 func collectSockets(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
-	res := Result{Source: "procfs:" + env.ProcRoot}
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
-	stats := newSnapshotStats(env)
-	warn := warnings{log: env.Logger}
-	pids, err := snapshotPIDs(env.ProcRoot)
+	res, stats, warn, err := beginSnapshot(ctx, env)
 	if err != nil {
-		return res, fmt.Errorf("sockets: %w", err)
+		return res, err
 	}
 
 	// Pass 1: who holds which socket, and which network namespace each
@@ -130,6 +124,10 @@ func collectSockets(ctx context.Context, env Env, _ Params, w io.Writer) (Result
 	if ix != nil {
 		stats.extra["owners_from"] = "open_files scan started " + ix.scanned.UTC().Format(time.RFC3339Nano)
 	} else {
+		var pids []int
+		if pids, err = snapshotPIDs(env.ProcRoot); err != nil {
+			return res, fmt.Errorf("sockets: %w", err)
+		}
 		ix = newSocketIndex(stats.started)
 		err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) sockProc {
 			return scanSocketOwner(newSnapProc(env.ProcRoot, pids[i]), s)
