@@ -66,16 +66,17 @@ func newPair(stream hash.Hash) *pair {
 }
 
 // load reads stream's state, if it is crypto/sha256's at a block boundary.
+// Mid-block, the stream's blocks and the run's would not line up; chunks
+// are whole multiples of the block size except the last, so that is rare.
 func (p *pair) load() bool {
 	var ok bool
 	p.running, p.streamLen, ok = loadState(p.stream, &p.state)
-	return ok
+	return ok && p.streamLen%blockBytes == 0
 }
 
-// loadState reads d's chaining state and length through its marshalled
-// form, if d is a crypto/sha256 digest at a block boundary. Mid-block,
-// d's blocks and a run's would not line up; chunks and parts are whole
-// multiples of the block size except the last, so that is rare.
+// loadState reads the chaining state and length of d, a crypto/sha256
+// digest, through its marshalled form. h is d's chaining state only at a
+// block boundary (n a multiple of the block size).
 func loadState(d hash.Hash, buf *[stateSize]byte) (h [8]uint32, n uint64, ok bool) {
 	m, ok1 := d.(encoding.BinaryAppender)
 	_, ok2 := d.(encoding.BinaryUnmarshaler)
@@ -87,9 +88,6 @@ func loadState(d hash.Hash, buf *[stateSize]byte) (h [8]uint32, n uint64, ok boo
 		return h, 0, false
 	}
 	n = binary.BigEndian.Uint64(state[stateLen:])
-	if n%blockBytes != 0 {
-		return h, 0, false
-	}
 	for i := range h {
 		h[i] = binary.BigEndian.Uint32(state[stateH+4*i:])
 	}
@@ -171,22 +169,23 @@ func WriteBoth(a, b hash.Hash, p []byte) {
 	// Bring both to a block boundary with ordinary writes (they are at
 	// the same offset if they have seen the same bytes).
 	var buf [stateSize]byte
-	na, ok := marshalledLen(a, &buf)
-	if nb, okb := marshalledLen(b, &buf); !ok || !okb || na != nb {
+	ha, n, oka := loadState(a, &buf)
+	hb, nb, okb := loadState(b, &buf)
+	if !oka || !okb || n != nb {
 		a.Write(p)
 		b.Write(p)
 		return
 	}
-	if r := na % blockBytes; r != 0 {
+	if r := n % blockBytes; r != 0 {
 		head := p[:blockBytes-r]
 		a.Write(head)
 		b.Write(head)
 		p = p[len(head):]
+		ha, n, _ = loadState(a, &buf)
+		hb, _, _ = loadState(b, &buf)
 	}
-	ha, n, oka := loadState(a, &buf)
-	hb, _, okb := loadState(b, &buf)
 	full := len(p) &^ (blockBytes - 1)
-	if !oka || !okb || full == 0 {
+	if full == 0 {
 		a.Write(p)
 		b.Write(p)
 		return
@@ -196,17 +195,4 @@ func WriteBoth(a, b hash.Hash, p []byte) {
 	restoreState(b, hb, n+uint64(full), &buf)
 	a.Write(p[full:])
 	b.Write(p[full:])
-}
-
-// marshalledLen returns how many bytes crypto/sha256 digest d has taken.
-func marshalledLen(d hash.Hash, buf *[stateSize]byte) (uint64, bool) {
-	m, ok := d.(encoding.BinaryAppender)
-	if !ok {
-		return 0, false
-	}
-	state, err := m.AppendBinary(buf[:0])
-	if err != nil || len(state) != stateSize || string(state[:len(magic)]) != magic {
-		return 0, false
-	}
-	return binary.BigEndian.Uint64(state[stateLen:]), true
 }

@@ -35,10 +35,7 @@ func check(t testing.TB, prefix, p []byte) {
 
 func TestMatchesCryptoSHA256(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	data := make([]byte, 4<<20+200)
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
+	data := randomBytes(rng, 4<<20+200)
 	prefixes := []int{0, 1, 63, 64, 65, 128, 4 << 20}
 	lengths := []int{0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 4096, 1<<20 + 3, 4 << 20}
 	for _, pl := range prefixes {
@@ -56,10 +53,7 @@ func TestChunkChain(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	stream, ref := sha256.New(), sha256.New()
 	for i := range 50 {
-		p := make([]byte, 64*rng.IntN(2000)+(i%7)*rng.IntN(64))
-		for j := range p {
-			p[j] = byte(rng.Uint32())
-		}
+		p := randomBytes(rng, 64*rng.IntN(2000)+(i%7)*rng.IntN(64))
 		if got, want := Sum256AndWrite(stream, p), sha256.Sum256(p); got != want {
 			t.Fatalf("chunk %d: got %x, want %x", i, got, want)
 		}
@@ -74,10 +68,7 @@ func TestChunkChain(t *testing.T) {
 // block, gives the same digests as one write.
 func TestPairInPieces(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
-	data := make([]byte, 3<<20+77)
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
+	data := randomBytes(rng, 3<<20+77)
 	for _, prefix := range []int{0, 64, 5 << 20, 1, 100} {
 		for range 20 {
 			run := data[:rng.IntN(len(data))]
@@ -109,10 +100,7 @@ func TestPairInPieces(t *testing.T) {
 // length (a store's and its caller's), match crypto/sha256.
 func TestWriteBoth(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	data := make([]byte, 6<<20)
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
+	data := randomBytes(rng, 6<<20)
 	for _, prefix := range []int{0, 1, 63, 64, 1000} {
 		a, b, ref := sha256.New(), sha256.New(), sha256.New()
 		pre := data[len(data)-prefix:]
@@ -227,4 +215,12 @@ func BenchmarkWriteBoth(b *testing.B) {
 			y.Write(p)
 		}
 	})
+}
+
+func randomBytes(rng *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
 }
