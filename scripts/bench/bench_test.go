@@ -99,9 +99,7 @@ func BenchmarkFileArtifact1GiB(b *testing.B) {
 		b.Fatalf("baseline read: %d bytes sha256 %s, err %v; want %d bytes sha256 %s", n, got, err, size, sum)
 	}
 
-	collector := c.StartCollector("127.0.0.1:0")
-	agent := c.StartAgent("agent", c.Token(1))
-	agentID := c.WaitConnected(ctx, "")
+	collector, agent, agentID := c.StartPair(ctx)
 
 	b.ResetTimer()
 	total, stored := collectFileN(b, c, agentID, src, "BENCH", "0", sum, size)

@@ -54,9 +54,7 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	ceiling := timeShell(b, ctx, ceilingCmd, img)
 	orchestrator := timeShell(b, ctx, orchestratorCmd, img, outDir)
 
-	collector := c.StartCollector("127.0.0.1:0")
-	agent := c.StartAgent("agent", c.Token(1))
-	agentID := c.WaitConnected(ctx, "")
+	collector, agent, agentID := c.StartPair(ctx)
 	b.ResetTimer()
 	total, stored := collectFileN(b, c, agentID, img, "BENCH-MEM", "20m", sum, size)
 	b.StopTimer()

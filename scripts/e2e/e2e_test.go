@@ -191,9 +191,7 @@ func tamper(t *testing.T, path string, off int) (restore func()) {
 func TestE2ESocketsOwnedFromOpenFiles(t *testing.T) {
 	c := newCluster(t)
 	ctx := t.Context()
-	c.StartCollector("127.0.0.1:0")
-	agent := c.StartAgent("agent", c.Token(1))
-	agentID := c.WaitConnected(ctx, "")
+	_, agent, agentID := c.StartPair(ctx)
 
 	col := collectWait(t, c, 0, "--agent", agentID, "--artifacts", "sockets,open_files", "--case", "IR-S", "--reason", "owners")
 	requireComplete(t, col, "sockets", "open_files")
@@ -471,9 +469,7 @@ func TestE2EAgentKilledMidCollection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(src)
-	c.StartCollector("127.0.0.1:0")
-	agent := c.StartAgent("agent", c.Token(1))
-	agentID := c.WaitConnected(ctx, "")
+	_, agent, agentID := c.StartPair(ctx)
 
 	r := c.MustCtl(ctx, "collect", "--agent", agentID, "--artifacts", "file", "--path", src, "--case", "IR-3", "--reason", "kill test", "-o", "json")
 	col, err := ParseCollection(r.Stdout)
@@ -619,9 +615,7 @@ func TestE2ECollectorRestart(t *testing.T) {
 func TestE2ERevokeAgent(t *testing.T) {
 	c := newCluster(t)
 	ctx := t.Context()
-	c.StartCollector("127.0.0.1:0")
-	agent := c.StartAgent("agent", c.Token(1))
-	agentID := c.WaitConnected(ctx, "")
+	_, agent, agentID := c.StartPair(ctx)
 
 	if r := c.Ctl(ctx, "agents", "revoke", agentID); r.Code == 0 {
 		t.Fatalf("revoke without --reason succeeded:\n%s", r)

@@ -179,6 +179,16 @@ func waitReady(p *Proc, ready string) (string, error) {
 	return "", fmt.Errorf("no ready file %s after %s", ready, Deadline)
 }
 
+// StartPair starts the collector on a free loopback port and one agent,
+// named "agent", enrolled with a fresh token, and returns them once the
+// agent is connected: the setup most tests and benchmarks begin with.
+func (c *Cluster) StartPair(ctx context.Context) (collector, agent *Proc, agentID string) {
+	c.TB.Helper()
+	collector = c.StartCollector("127.0.0.1:0")
+	agent = c.StartAgent("agent", c.Token(1))
+	return collector, agent, c.WaitConnected(ctx, "")
+}
+
 // StartAgent starts `custody-agent run` against the current collector with
 // its state in Dir/name. tokenFile may be empty for an agent that is
 // already enrolled.
