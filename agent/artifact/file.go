@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/custodyhq/custody/internal/source"
 )
 
 func init() {
@@ -52,52 +54,23 @@ func collectFileAt(ctx context.Context, p Params, offset int64, w io.Writer) (Re
 
 	// A writer that reads for itself (the chunk writer) takes the file's
 	// bytes straight into its chunk; otherwise they go through a buffer.
-	src := &sourceReader{ctx: ctx, r: f}
+	src := source.NewReader(ctx, f)
 	if rf, ok := w.(io.ReaderFrom); ok {
 		_, err = rf.ReadFrom(src)
 	} else {
 		_, err = io.CopyBuffer(struct{ io.Writer }{w}, src, make([]byte, fileBufSize))
 	}
-	var re sourceError
-	switch {
+	switch rerr := src.Err(); {
 	case err == nil:
 		return res, nil
-	case errors.As(err, &re):
-		if re.ctx {
-			return res, re.err
-		}
-		return res, fmt.Errorf("file %q: read: %w", path, re.err)
+	case rerr != nil && rerr == ctx.Err():
+		return res, rerr
+	case rerr != nil:
+		return res, fmt.Errorf("file %q: read: %w", path, rerr)
 	default:
 		return res, fmt.Errorf("file %q: write: %w", path, err)
 	}
 }
-
-// sourceReader reads an artifact's source, stopping when ctx ends, and
-// marks its errors as the source's (sourceError), so that they can be told
-// from the writer's.
-type sourceReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	if err := s.ctx.Err(); err != nil {
-		return 0, sourceError{err: err, ctx: true}
-	}
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = sourceError{err: err}
-	}
-	return n, err
-}
-
-type sourceError struct {
-	err error
-	ctx bool // the context ended
-}
-
-func (e sourceError) Error() string { return e.err.Error() }
-func (e sourceError) Unwrap() error { return e.err }
 
 // FileSize returns the size the file artifact expects to stream from path,
 // for the uploader to size its upload. A block device reports size 0 through

@@ -18,6 +18,7 @@ import (
 	"sync"
 
 	"github.com/custodyhq/custody/internal/sha256x2"
+	"github.com/custodyhq/custody/internal/source"
 )
 
 const (
@@ -145,7 +146,7 @@ func (f *FS) stat(ctx context.Context, key string) (Info, error) {
 	}
 	defer file.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, &ctxReader{ctx: ctx, r: file})
+	n, err := io.Copy(h, source.NewReader(ctx, file))
 	if err != nil {
 		return Info{}, fmt.Errorf("store: stat %s: %w", key, err)
 	}
@@ -439,17 +440,4 @@ func syncDir(dir string) error {
 		err = cerr
 	}
 	return err
-}
-
-// ctxReader ends a long read (hashing a memory image) when its context does.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r *ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/custodyhq/custody/internal/source"
 )
 
 // maxWindow bounds the zstd decoder's memory. Agents compress chunks of at
@@ -31,7 +33,7 @@ func VerifyArtifact(ctx context.Context, a Artifact, stored io.Reader) error {
 	default:
 		return fmt.Errorf("%w: artifact %q: compression %q, want zstd or empty", ErrMalformed, a.Name, a.Compression)
 	}
-	src := &sourceReader{ctx: ctx, r: stored}
+	src := source.NewReader(ctx, stored)
 	storedSum := &digest{h: sha256.New()}
 	tee := io.TeeReader(src, storedSum)
 
@@ -54,15 +56,15 @@ func VerifyArtifact(ctx context.Context, a Artifact, stored io.Reader) error {
 			zstd.WithDecoderLowmem(true),
 		)
 		if err != nil {
-			if src.err != nil {
-				return src.err
+			if err := src.Err(); err != nil {
+				return err
 			}
 			return fmt.Errorf("manifest: artifact %q: zstd decoder: %w", a.Name, err)
 		}
 		_, decodeErr = io.Copy(rawSum, dec)
 		dec.Close()
-		if src.err != nil {
-			return src.err
+		if err := src.Err(); err != nil {
+			return err
 		}
 		// After a decoding error the rest of the object still counts
 		// towards the stored size and hash, which are reported too.
@@ -113,27 +115,3 @@ func (d *digest) Write(p []byte) (int, error) {
 }
 
 func (d *digest) hex() string { return hex.EncodeToString(d.h.Sum(nil)) }
-
-// sourceReader remembers why reading the stored object failed, so that an
-// I/O error or a cancelled context is not reported as a decoding error, and
-// so a mismatch, in the evidence.
-type sourceReader struct {
-	ctx context.Context
-	r   io.Reader
-	err error
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	if s.err != nil {
-		return 0, s.err
-	}
-	if err := s.ctx.Err(); err != nil {
-		s.err = err
-		return 0, err
-	}
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
-		s.err = err
-	}
-	return n, err
-}
