@@ -23,7 +23,7 @@ build:
 # test: unit, integration and end-to-end tests with the race detector, plus
 # the check that generated code is fresh. CUSTODY_REQUIRE_ALL=1 (set by CI)
 # turns every "missing prerequisite" skip into a failure.
-test: check-proto test-deps test-go
+test: check-proto check-bpf test-deps test-go
 
 # test-deps installs what the tests start themselves and can get without root
 # (versitygw for the S3 suite; idempotent). CI's .ci/run also runs every
@@ -78,6 +78,34 @@ check-proto: tools
 	(cd $$tmp && buf lint && buf generate) && \
 	diff -r proto $$tmp/proto >/dev/null || { echo "generated code in proto/ is stale: run 'make proto'"; diff -r proto $$tmp/proto | head -20; exit 1; }
 	@echo "proto: lint clean, generated code fresh"
+
+# bpf: rebuild the BPF programs the agent embeds (agent/procbpf/bpf/*.c ->
+# agent/procbpf/*.bpf.o). The objects are committed, so building the agent
+# never needs clang; check-bpf (part of make test) fails if one is stale.
+# Needs clang-14 and libbpf-dev (scripts/bpf/ci-deps.sh). The source path
+# is mapped to "." so the object does not depend on where the tree is.
+BPF_CLANG ?= clang-14
+BPF_STRIP ?= llvm-strip-14
+BPF_DIR   := agent/procbpf
+BPF_SRCS  := $(wildcard $(BPF_DIR)/bpf/*.bpf.c)
+.PHONY: bpf check-bpf
+bpf:
+	@for src in $(BPF_SRCS); do \
+		obj=$$(basename $$src .c).o; \
+		(cd $(BPF_DIR) && $(BPF_CLANG) -O2 -g -target bpfel -fdebug-prefix-map=$(CURDIR)/$(BPF_DIR)=. \
+			-I/usr/include/$$(gcc -print-multiarch) -c bpf/$$(basename $$src) -o $$obj && $(BPF_STRIP) -g $$obj) || exit 1; \
+		echo "bpf: $(BPF_DIR)/$$obj"; \
+	done
+
+check-bpf:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	mkdir -p $$tmp/$(BPF_DIR) && cp -r $(BPF_DIR)/bpf $$tmp/$(BPF_DIR)/ && \
+	$(MAKE) --no-print-directory -C $$tmp -f $(CURDIR)/Makefile bpf CURDIR=$$tmp >/dev/null && \
+	for src in $(BPF_SRCS); do \
+		obj=$$(basename $$src .c).o; \
+		cmp -s $$tmp/$(BPF_DIR)/$$obj $(BPF_DIR)/$$obj || { echo "$(BPF_DIR)/$$obj is stale: run 'make bpf'"; exit 1; }; \
+	done
+	@echo "bpf: objects fresh"
 
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/staticcheck
 

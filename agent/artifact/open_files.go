@@ -3,6 +3,7 @@ package artifact
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/custodyhq/custody/agent/procbpf"
 )
 
 func init() {
@@ -18,6 +21,7 @@ func init() {
 		Name:    "open_files",
 		Ext:     "jsonl",
 		Doc:     "one JSON line per open file descriptor (osquery process_open_files plus type, deleted, flags, position, inode, device)",
+		Params:  []string{"method"},
 		Collect: collectOpenFiles,
 	})
 }
@@ -46,7 +50,11 @@ type openFileRecord struct {
 	Error     string   `json:"error,omitempty"`
 }
 
-func collectOpenFiles(ctx context.Context, env Env, _ Params, w io.Writer) (Result, error) {
+func collectOpenFiles(ctx context.Context, env Env, p Params, w io.Writer) (Result, error) {
+	method, err := parseReadMethod(p)
+	if err != nil {
+		return Result{}, err
+	}
 	files := newOpenFileCache()
 	share := env.Shared.wantsSockets()
 	var ix *socketIndex
@@ -59,9 +67,46 @@ func collectOpenFiles(ctx context.Context, env Env, _ Params, w io.Writer) (Resu
 			}
 		}
 	}
-	res, err := scanProcesses(ctx, env, w, "open_files", "descriptors", func(p snapProc, s *scratch) procBatch {
+	var src *bpfFiles
+	var unavailable error
+	if method != methodProcfs && ctx.Err() == nil {
+		it, err := openFilesIterator(env)
+		switch {
+		case err == nil:
+			src = &bpfFiles{it: it}
+			defer it.Close()
+		case method == methodBPF:
+			return Result{}, fmt.Errorf("%w: %w", errNoBPF, err)
+		default:
+			unavailable = err
+		}
+	}
+	res, err := scanProcessesPrep(ctx, env, w, "open_files", "descriptors", func(pid int) []procbpf.File {
+		if src == nil {
+			return nil
+		}
+		fds, _ := src.take(pid)
+		return fds
+	}, func(p snapProc, s *scratch, fds []procbpf.File) procBatch {
+		if fds != nil {
+			return readOpenFilesBPF(p, s, files, share, fds)
+		}
 		return readOpenFiles(p, s, files, share)
 	}, fold)
+	if res.Details != nil {
+		res.Details["method"] = methodProcfs
+		if src != nil {
+			res.Details["method"] = "bpf_iter"
+			if ferr := src.failed(); ferr != nil {
+				// The processes after the break were read through /proc.
+				res.Details["bpf_error"] = ferr.Error()
+				res.Warnings = append(res.Warnings, "bpf iterator stopped early, the rest was read through /proc: "+ferr.Error())
+			}
+		}
+		if unavailable != nil {
+			res.Details["bpf_unavailable"] = unavailable.Error()
+		}
+	}
 	if err == nil && share {
 		env.Shared.setSockets(ix)
 	}
@@ -251,9 +296,6 @@ func (t fdTable) readOpenFile(s *scratch, fd int, files *openFileCache) (rec ope
 		return rec, false
 	}
 	var errs errorList
-	rec.Path = target
-	rec.Type = fdKind(target)
-
 	infoDir, infoName := t.infoDir, name
 	if infoDir < 0 {
 		infoDir, infoName = t.h.fd, "fdinfo/"+name
@@ -266,14 +308,29 @@ func (t fdTable) readOpenFile(s *scratch, fd int, files *openFileCache) (rec ope
 	} else if fi, err := parseFDInfo(b); err != nil {
 		errs.add("fdinfo", err)
 	} else {
-		rec.Flags = "0" + strconv.FormatUint(fi.Flags, 8)
-		rec.Access, rec.FlagNames = describeOpenFlags(fi.Flags)
-		rec.Pos, rec.MntID = &fi.Pos, &fi.MntID
-		if fi.HasIno {
-			rec.Inode = &fi.Inode
-		}
+		rec.setFDInfo(fi)
 	}
+	return describeOpenFile(p, rec, target, errs, func(rec openFileRecord) (openFileStat, error) {
+		return statOpenFile(t.fdDir, t.h.dir, name, rec, files)
+	}), false
+}
 
+// setFDInfo fills the columns fdinfo gives.
+func (rec *openFileRecord) setFDInfo(fi fdInfo) {
+	rec.Flags = "0" + strconv.FormatUint(fi.Flags, 8)
+	rec.Access, rec.FlagNames = describeOpenFlags(fi.Flags)
+	rec.Pos, rec.MntID = &fi.Pos, &fi.MntID
+	if fi.HasIno {
+		rec.Inode = &fi.Inode
+	}
+}
+
+// describeOpenFile completes a record from the descriptor's link target
+// and what fdinfo said (already in rec): its type, and for files on disk
+// what stat says, and whether it was deleted.
+func describeOpenFile(p snapProc, rec openFileRecord, target string, errs errorList, stat func(openFileRecord) (openFileStat, error)) openFileRecord {
+	rec.Path = target
+	rec.Type = fdKind(target)
 	// Sockets, pipes and anonymous inodes say what they are in their link;
 	// stat would add only their pseudo-filesystem's device. Everything else
 	// is stat'ed through the magic link, which reaches the open file
@@ -282,7 +339,7 @@ func (t fdTable) readOpenFile(s *scratch, fd int, files *openFileCache) (rec ope
 	switch rec.Type {
 	case "socket", "pipe", "anon_inode":
 	default:
-		st, err := t.statOpenFile(name, rec, files)
+		st, err := stat(rec)
 		if err != nil {
 			if rec.Type == "" {
 				rec.Type = "unknown"
@@ -315,13 +372,13 @@ func (t fdTable) readOpenFile(s *scratch, fd int, files *openFileCache) (rec ope
 		rec.Path, rec.Deleted = deletedTarget(p, target, id)
 	}
 	rec.Error = errs.String()
-	return rec, false
+	return rec
 }
 
-// statOpenFile stats descriptor name through its magic link, or takes
-// what an earlier descriptor of the same file (same mount id and inode,
-// from fdinfo) found.
-func (t fdTable) statOpenFile(name string, rec openFileRecord, files *openFileCache) (openFileStat, error) {
+// statOpenFile stats descriptor name through its magic link in fdDir (the
+// open /proc/PID/fd of procDir), or takes what an earlier descriptor of
+// the same file (same mount id and inode, from fdinfo) found.
+func statOpenFile(fdDir int, procDir, name string, rec openFileRecord, files *openFileCache) (openFileStat, error) {
 	known := rec.MntID != nil && rec.Inode != nil
 	var key openFileKey
 	if known {
@@ -331,7 +388,7 @@ func (t fdTable) statOpenFile(name string, rec openFileRecord, files *openFileCa
 		}
 	}
 	var st unix.Stat_t
-	if err := statAt(t.fdDir, name, t.h.dir+"/fd/"+name, &st); err != nil {
+	if err := statAt(fdDir, name, procDir+"/fd/"+name, &st); err != nil {
 		return openFileStat{}, err
 	}
 	out := openFileStat{mode: st.Mode, dev: st.Dev, ino: st.Ino, size: st.Size}

@@ -20,6 +20,14 @@ func beginSnapshot(ctx context.Context, env Env) (Result, *snapshotStats, warnin
 // sees every batch in pid order before it is written.
 func scanProcesses(ctx context.Context, env Env, w io.Writer, name, countKey string,
 	read func(snapProc, *scratch) procBatch, fold func(procBatch)) (Result, error) {
+	return scanProcessesPrep(ctx, env, w, name, countKey, func(int) struct{} { return struct{}{} },
+		func(p snapProc, s *scratch, _ struct{}) procBatch { return read(p, s) }, fold)
+}
+
+// scanProcessesPrep is scanProcesses with prep, called in pid order on one
+// goroutine before each process is read (see snapshotOrderedPrep).
+func scanProcessesPrep[P any](ctx context.Context, env Env, w io.Writer, name, countKey string,
+	prep func(pid int) P, read func(snapProc, *scratch, P) procBatch, fold func(procBatch)) (Result, error) {
 	res, stats, warn, err := beginSnapshot(ctx, env)
 	if err != nil {
 		return res, err
@@ -29,8 +37,10 @@ func scanProcesses(ctx context.Context, env Env, w io.Writer, name, countKey str
 		return res, fmt.Errorf("%s: %w", name, err)
 	}
 	var n int
-	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
-		return read(newSnapProc(env.ProcRoot, pids[i]), s)
+	err = snapshotOrderedPrep(ctx, snapshotWorkers(), len(pids), func(i int) P {
+		return prep(pids[i])
+	}, func(s *scratch, i int, pp P) procBatch {
+		return read(newSnapProc(env.ProcRoot, pids[i]), s, pp)
 	}, func(b procBatch) error {
 		if fold != nil {
 			fold(b)

@@ -67,6 +67,16 @@ func snapshotPIDs(procRoot string) ([]int, error) {
 // so memory stays bounded however many processes a host runs. The first
 // emit error, or ctx's, stops the scan and is returned.
 func snapshotOrdered[T any](ctx context.Context, workers, n int, read func(s *scratch, i int) T, emit func(T) error) error {
+	return snapshotOrderedPrep(ctx, workers, n, func(int) struct{} { return struct{}{} },
+		func(s *scratch, i int, _ struct{}) T { return read(s, i) }, emit)
+}
+
+// snapshotOrderedPrep is snapshotOrdered with a step that must run in index
+// order: prep(i) is called for i in [0, n) on one goroutine, before job i
+// is handed to a worker, and its result is passed to read. A source that
+// arrives as one ordered stream (a BPF iterator) is cut into per-process
+// pieces there.
+func snapshotOrderedPrep[P, T any](ctx context.Context, workers, n int, prep func(i int) P, read func(s *scratch, i int, p P) T, emit func(T) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type slot struct {
@@ -75,6 +85,7 @@ func snapshotOrdered[T any](ctx context.Context, workers, n int, read func(s *sc
 	}
 	type job struct {
 		i int
+		p P
 		s *slot
 	}
 	jobs := make(chan job)
@@ -86,7 +97,7 @@ func snapshotOrdered[T any](ctx context.Context, workers, n int, read func(s *sc
 			defer wg.Done()
 			s := newScratch()
 			for j := range jobs {
-				j.s.v = read(s, j.i)
+				j.s.v = read(s, j.i, j.p)
 				close(j.s.done)
 			}
 		}()
@@ -105,7 +116,7 @@ func snapshotOrdered[T any](ctx context.Context, workers, n int, read func(s *sc
 				return
 			}
 			select {
-			case jobs <- job{i, s}:
+			case jobs <- job{i, prep(i), s}:
 			case <-ctx.Done():
 				return
 			}

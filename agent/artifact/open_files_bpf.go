@@ -1,0 +1,176 @@
+package artifact
+
+// open_files through a BPF iterator (agent/procbpf): the kernel walks every
+// process's descriptor table once and hands over, per descriptor, what
+// readlink of /proc/PID/fd/N and /proc/PID/fdinfo/N would have said. What
+// the iterator does not give (stat of files on disk, a deleted name's
+// check, a socket owner's container) is still read through /proc, once per
+// file rather than per descriptor. A process the iterator did not report
+// (a kernel thread, one born or gone mid-scan, or any the kernel skipped)
+// is read through /proc as before, so the iterator can only make a scan
+// faster, never smaller.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"strconv"
+	"syscall"
+
+	"github.com/custodyhq/custody/agent/procbpf"
+)
+
+// Values of the open_files "method" parameter.
+const (
+	methodAuto   = "auto"   // the BPF iterator where it loads, else /proc
+	methodBPF    = "bpf"    // the iterator or an error
+	methodProcfs = "procfs" // /proc only
+)
+
+func parseReadMethod(p Params) (string, error) {
+	switch m := p["method"]; m {
+	case "", methodAuto:
+		return methodAuto, nil
+	case methodBPF, methodProcfs:
+		return m, nil
+	default:
+		return "", fmt.Errorf("%w: method %q (want auto, bpf or procfs)", ErrBadParam, m)
+	}
+}
+
+// openFilesIterator starts the iterator for env, or says why not. Only the
+// live host's /proc can be read this way: the iterator knows nothing of a
+// fake tree.
+func openFilesIterator(env Env) (*procbpf.Files, error) {
+	if env.ProcRoot != "/proc" {
+		return nil, fmt.Errorf("bpf: procfs root is %s, not the live /proc", env.ProcRoot)
+	}
+	return procbpf.OpenFiles(env.ProcRoot)
+}
+
+// bpfFiles cuts the iterator's stream, which is in pid order, into one
+// piece per process. It is used from one goroutine (the scan's prep).
+type bpfFiles struct {
+	it   interface{ Next() (procbpf.File, error) }
+	next procbpf.File
+	have bool
+	err  error // io.EOF at the end; anything else stopped the stream early
+}
+
+// take returns the descriptors the iterator reported for pid; ok is false
+// when it reported none, or the stream failed before or within pid's
+// records, and pid must be read through /proc.
+func (b *bpfFiles) take(pid int) (fds []procbpf.File, ok bool) {
+	for {
+		if !b.have {
+			if b.err != nil {
+				break
+			}
+			f, err := b.it.Next()
+			if err != nil {
+				b.err = err
+				if err != io.EOF {
+					return nil, false // a torn piece is not a process's table
+				}
+				break
+			}
+			b.next, b.have = f, true
+		}
+		if b.next.PID > pid {
+			break
+		}
+		if b.next.PID == pid {
+			fds = append(fds, b.next)
+		}
+		// Lower pids were not in the listing (born after it) or came
+		// out of order; their processes are read through /proc.
+		b.have = false
+	}
+	return fds, len(fds) > 0
+}
+
+// failed is the error that stopped the stream early, or nil.
+func (b *bpfFiles) failed() error {
+	if b.err == nil || b.err == io.EOF {
+		return nil
+	}
+	return b.err
+}
+
+// readOpenFilesBPF turns the iterator's records for p into open_files
+// records, exactly as readOpenFiles would have written them.
+func readOpenFilesBPF(p snapProc, s *scratch, files *openFileCache, sockets bool, fds []procbpf.File) procBatch {
+	out := newProcBatch(p.pid)
+	dir := lazyFDDir{p: p, fd: -1}
+	defer dir.close()
+	var sp *sockProc
+	if sockets {
+		sp = &sockProc{pid: p.pid, netns: fds[0].NetNS}
+	}
+	for _, f := range fds {
+		fd := f.FD
+		name := strconv.Itoa(fd)
+		rec := openFileRecord{PID: p.pid, FD: &fd, FlagNames: []string{}}
+		if f.PathErr != 0 {
+			rec.Error = "path: " + (&fs.PathError{Op: "readlink", Path: p.dir + "/fd/" + name, Err: f.PathErr}).Error()
+			out.add(rec, rec.Error)
+			continue
+		}
+		rec.setFDInfo(fdInfo{Pos: f.Pos, Flags: f.Flags, MntID: f.MntID, Inode: f.Inode, HasIno: true})
+		rec = describeOpenFile(p, rec, f.Path, nil, func(rec openFileRecord) (openFileStat, error) {
+			fdDir, err := dir.open()
+			if err != nil {
+				return openFileStat{}, err
+			}
+			return statOpenFile(fdDir, p.dir, name, rec, files)
+		})
+		if sp != nil && rec.Type == "socket" && rec.Inode != nil {
+			sp.sockets = append(sp.sockets, sockFD{fd, *rec.Inode})
+		}
+		out.add(rec, rec.Error)
+	}
+	b := out.done()
+	if sp != nil {
+		if len(sp.sockets) > 0 {
+			if h, err := openProc(p); err == nil {
+				sp.name, sp.container = socketOwnerNames(h, s)
+				h.close()
+			}
+		}
+		b.sock = sp
+	}
+	return b
+}
+
+// lazyFDDir opens /proc/PID/fd on first use: with the stat cache, most
+// processes never need it.
+type lazyFDDir struct {
+	p   snapProc
+	fd  int
+	err error
+}
+
+func (d *lazyFDDir) open() (int, error) {
+	if d.fd >= 0 || d.err != nil {
+		return d.fd, d.err
+	}
+	fd, err := retryEINTR(func() (int, error) {
+		return syscall.Open(d.p.dir+"/fd", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	})
+	if err != nil {
+		d.err = &fs.PathError{Op: "open", Path: d.p.dir + "/fd", Err: err}
+		return -1, d.err
+	}
+	d.fd = fd
+	return fd, nil
+}
+
+func (d *lazyFDDir) close() {
+	if d.fd >= 0 {
+		syscall.Close(d.fd)
+	}
+}
+
+// errNoBPF is what method=bpf reports when the iterator cannot run.
+var errNoBPF = errors.New("open_files: method bpf")

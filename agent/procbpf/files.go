@@ -1,0 +1,198 @@
+// Package procbpf reads what the snapshots would otherwise read from /proc
+// one system call at a time, with BPF iterators: a program the kernel runs
+// once per object (here: per open file of every process), writing records
+// into a file the agent reads in large pieces. On a host with tens of
+// thousands of descriptors, readlink plus an fdinfo open, read and close
+// per descriptor is most of a snapshot's cost; the iterator is one pass.
+//
+// It needs CAP_BPF and CAP_PERFMON (or root), a kernel with BTF and BPF
+// iterators, and the agent in the initial PID namespace (the iterator
+// reports global pids). Where any of that is missing, Open says why, and
+// the caller reads /proc instead.
+package procbpf
+
+import (
+	"bufio"
+	"bytes"
+	_ "embed"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+//go:embed files.bpf.o
+var filesObject []byte
+
+// File is one descriptor: what readlink of /proc/PID/fd/N and
+// /proc/PID/fdinfo/N say about it.
+type File struct {
+	PID   int
+	FD    int
+	Flags uint64 // fdinfo's flags: the file's f_flags, O_CLOEXEC from the table
+	MntID int64
+	Pos   int64
+	Inode uint64
+	NetNS uint64 // the inode of the process's network namespace
+	Path  string // the link target
+	// PathErr is the errno d_path failed with (0: Path is valid).
+	PathErr syscall.Errno
+}
+
+// recordSize is struct file_rec in files.bpf.c.
+const recordSize = 40
+
+// maxPath bounds a record's path: the program's buffer.
+const maxPath = 4096
+
+// initPIDNamespace is the fixed inode of the initial PID namespace
+// (PROC_PID_INIT_INO).
+const initPIDNamespace = 0xEFFFFFFC
+
+// Files is an open iteration over every open file of every process.
+type Files struct {
+	coll *ebpf.Collection
+	link *link.Iter
+	rc   io.ReadCloser
+	r    *Reader
+}
+
+// OpenFiles loads the iterator and starts an iteration; procRoot must be
+// the host's /proc as this process sees it.
+func OpenFiles(procRoot string) (*Files, error) {
+	if err := supported(procRoot); err != nil {
+		return nil, err
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("bpf: memlock limit: %w", err)
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(filesObject))
+	if err != nil {
+		return nil, fmt.Errorf("bpf: files program: %w", err)
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, fmt.Errorf("bpf: load files program: %w", err)
+	}
+	l, err := link.AttachIter(link.IterOptions{Program: coll.Programs["custody_files"]})
+	if err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("bpf: attach task_file iterator: %w", err)
+	}
+	rc, err := l.Open()
+	if err != nil {
+		l.Close()
+		coll.Close()
+		return nil, fmt.Errorf("bpf: open task_file iterator: %w", err)
+	}
+	return &Files{coll: coll, link: l, rc: rc, r: NewReader(rc)}, nil
+}
+
+// supported says why the iterator cannot stand in for procRoot, or nil.
+func supported(procRoot string) error {
+	target, err := os.Readlink(procRoot + "/self/ns/pid")
+	if err != nil {
+		return fmt.Errorf("bpf: pid namespace: %w", err)
+	}
+	if target != "pid:["+strconv.Itoa(initPIDNamespace)+"]" {
+		return fmt.Errorf("bpf: %s is not the initial pid namespace's /proc (%s)", procRoot, target)
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return fmt.Errorf("bpf: kernel BTF: %w", err)
+	}
+	return nil
+}
+
+// Next returns the next descriptor, or io.EOF after the last.
+func (f *Files) Next() (File, error) { return f.r.Next() }
+
+// Close ends the iteration and unloads the program.
+func (f *Files) Close() error {
+	err := f.rc.Close()
+	f.link.Close()
+	f.coll.Close()
+	return err
+}
+
+// AppendRecord appends f as files.bpf.c writes it: the encoder the
+// parser's tests and fuzzing are checked against.
+func AppendRecord(b []byte, f File) []byte {
+	le := binary.LittleEndian
+	b = le.AppendUint32(b, uint32(f.PID))
+	b = le.AppendUint32(b, uint32(f.FD))
+	b = le.AppendUint32(b, uint32(f.Flags))
+	b = le.AppendUint32(b, uint32(int32(f.MntID)))
+	b = le.AppendUint64(b, uint64(f.Pos))
+	b = le.AppendUint64(b, f.Inode)
+	b = le.AppendUint32(b, uint32(f.NetNS))
+	if f.PathErr != 0 {
+		return le.AppendUint32(b, uint32(-int32(f.PathErr)))
+	}
+	b = le.AppendUint32(b, uint32(len(f.Path)))
+	return append(b, f.Path...)
+}
+
+// Reader parses the iterator's records.
+type Reader struct {
+	br  *bufio.Reader
+	hdr [recordSize]byte
+	buf []byte
+	n   int // records read
+}
+
+// NewReader parses records from r.
+func NewReader(r io.Reader) *Reader {
+	return &Reader{br: bufio.NewReaderSize(r, 256<<10), buf: make([]byte, maxPath)}
+}
+
+// ErrTruncated is a record cut short: the iteration ended mid-record.
+var ErrTruncated = errors.New("bpf: truncated record")
+
+// Next parses one record; io.EOF after the last whole record.
+func (r *Reader) Next() (File, error) {
+	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			return File{}, fmt.Errorf("%w: record %d header", ErrTruncated, r.n)
+		}
+		return File{}, err // io.EOF: the end
+	}
+	le := binary.LittleEndian
+	f := File{
+		PID:   int(le.Uint32(r.hdr[0:])),
+		FD:    int(le.Uint32(r.hdr[4:])),
+		Flags: uint64(le.Uint32(r.hdr[8:])),
+		MntID: int64(int32(le.Uint32(r.hdr[12:]))),
+		Pos:   int64(le.Uint64(r.hdr[16:])),
+		Inode: le.Uint64(r.hdr[24:]),
+		NetNS: uint64(le.Uint32(r.hdr[32:])),
+	}
+	n := int32(le.Uint32(r.hdr[36:]))
+	switch {
+	case n < 0:
+		if n < -4095 {
+			return File{}, fmt.Errorf("bpf: record %d: path error %d out of range", r.n, n)
+		}
+		f.PathErr = syscall.Errno(-n)
+	case n > maxPath:
+		return File{}, fmt.Errorf("bpf: record %d: path length %d over %d", r.n, n, maxPath)
+	case n > 0:
+		if _, err := io.ReadFull(r.br, r.buf[:n]); err != nil {
+			return File{}, fmt.Errorf("%w: record %d path: %w", ErrTruncated, r.n, err)
+		}
+		f.Path = string(r.buf[:n])
+		if strings.IndexByte(f.Path, 0) >= 0 {
+			return File{}, fmt.Errorf("bpf: record %d: NUL in path %q", r.n, f.Path)
+		}
+	}
+	r.n++
+	return f, nil
+}
