@@ -174,7 +174,7 @@ func readOpenFiles(p snapProc, s *scratch, files *openFileCache, sockets bool) p
 		if p.gone(err) {
 			return procBatch{pid: p.pid, gone: true, sock: goneSock(sp, p.pid)}
 		}
-		out.add(openFileRecord{PID: p.pid, FlagNames: []string{}, Error: "fd: " + err.Error()}, "fd: "+err.Error())
+		addRecord(out, openFileRecord{PID: p.pid, FlagNames: []string{}, Error: "fd: " + err.Error()}, "fd: "+err.Error())
 		if sp != nil {
 			sp.err = joinErr(sp.err, "fd: "+err.Error())
 		}
@@ -212,7 +212,7 @@ func readOpenFiles(p snapProc, s *scratch, files *openFileCache, sockets bool) p
 		if sp != nil && rec.Type == "socket" && rec.Inode != nil {
 			sp.sockets = append(sp.sockets, sockFD{fd, *rec.Inode})
 		}
-		out.add(rec, rec.Error)
+		addRecord(out, rec, rec.Error)
 	}
 	b := out.done()
 	if sp != nil {

@@ -114,7 +114,7 @@ func readOpenFilesBPF(p snapProc, s *scratch, files *openFileCache, sockets bool
 		rec := openFileRecord{PID: p.pid, FD: &fd, FlagNames: []string{}}
 		if f.PathErr != 0 {
 			rec.Error = "path: " + (&fs.PathError{Op: "readlink", Path: p.dir + "/fd/" + name, Err: f.PathErr}).Error()
-			out.add(rec, rec.Error)
+			addRecord(out, rec, rec.Error)
 			continue
 		}
 		rec.setFDInfo(fdInfo{Pos: f.Pos, Flags: f.Flags, MntID: f.MntID, Inode: f.Inode, HasIno: true})
@@ -128,7 +128,7 @@ func readOpenFilesBPF(p snapProc, s *scratch, files *openFileCache, sockets bool
 		if sp != nil && rec.Type == "socket" && rec.Inode != nil {
 			sp.sockets = append(sp.sockets, sockFD{fd, *rec.Inode})
 		}
-		out.add(rec, rec.Error)
+		addRecord(out, rec, rec.Error)
 	}
 	b := out.done()
 	if sp != nil {
