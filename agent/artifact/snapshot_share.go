@@ -46,6 +46,43 @@ func RunOrder(names []string) []int {
 	return order
 }
 
+// Stages groups the named artifacts (indices into names) into stages run
+// one after another, the artifacts of a stage at the same time: runs of
+// light artifacts (the snapshots, host, kernel symbols) share a stage, so
+// one's system calls overlap another's encoding and both CPUs stay busy,
+// while each bulk artifact (memory, files: Kind.Bulk) has a stage to itself,
+// as each already uses the CPUs and memory it is allowed. Stages follow
+// RunOrder, and sockets sharing open_files' scan gets the stage after it.
+func Stages(names []string) [][]int {
+	var stages [][]int
+	var light []int
+	flush := func() {
+		if len(light) > 0 {
+			stages = append(stages, light)
+			light = nil
+		}
+	}
+	shared := NewShared(names) != nil
+	for _, i := range RunOrder(names) {
+		k, err := Lookup(names[i])
+		switch {
+		case err == nil && k.Bulk:
+			flush()
+			stages = append(stages, []int{i})
+		case shared && names[i] == "sockets":
+			// open_files is in this stage or an earlier one.
+			if slices.ContainsFunc(light, func(j int) bool { return names[j] == "open_files" }) {
+				flush()
+			}
+			light = append(light, i)
+		default:
+			light = append(light, i)
+		}
+	}
+	flush()
+	return stages
+}
+
 func (s *Shared) wantsSockets() bool { return s != nil }
 
 func (s *Shared) setSockets(ix *socketIndex) {

@@ -73,6 +73,24 @@ func TestRunOrder(t *testing.T) {
 	}
 }
 
+func TestStages(t *testing.T) {
+	for _, tc := range []struct {
+		names []string
+		want  [][]int
+	}{
+		{[]string{"processes", "sockets", "open_files", "memory_maps"}, [][]int{{0, 2}, {1, 3}}},
+		{[]string{"host", "processes", "memory_maps"}, [][]int{{0, 1, 2}}},
+		{[]string{"sockets", "processes"}, [][]int{{0, 1}}},
+		{[]string{"processes", "process_memory", "open_files", "file", "sockets"}, [][]int{{0}, {1}, {2}, {3}, {4}}},
+		{[]string{"host", "physical_memory", "processes", "memory_maps"}, [][]int{{0}, {1}, {2, 3}}},
+		{nil, nil},
+	} {
+		if got := Stages(tc.names); !slices.EqualFunc(got, tc.want, slices.Equal) {
+			t.Errorf("Stages(%q) = %v, want %v", tc.names, got, tc.want)
+		}
+	}
+}
+
 // socketKey is what identifies a socket record in these tests.
 type socketKey struct {
 	Table string

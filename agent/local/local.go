@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/custodyhq/custody/agent/artifact"
@@ -75,14 +76,19 @@ func Collect(ctx context.Context, opts Options, reqs []Request) (*manifest.Manif
 		names[i] = r.Name
 	}
 	opts.Env.Shared = artifact.NewShared(names)
-	complete := 0
 	m.Artifacts = make([]manifest.Artifact, len(reqs))
-	for _, i := range artifact.RunOrder(names) {
-		a := capture(ctx, opts, reqs[i])
+	for _, stage := range artifact.Stages(names) {
+		var wg sync.WaitGroup
+		for _, i := range stage {
+			wg.Go(func() { m.Artifacts[i] = capture(ctx, opts, reqs[i]) })
+		}
+		wg.Wait()
+	}
+	complete := 0
+	for _, a := range m.Artifacts {
 		if a.State == "complete" {
 			complete++
 		}
-		m.Artifacts[i] = a
 	}
 	m.FinishedAt = time.Now().UTC()
 	switch complete {
