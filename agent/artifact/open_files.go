@@ -3,7 +3,6 @@ package artifact
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"strconv"
@@ -67,19 +66,14 @@ func collectOpenFiles(ctx context.Context, env Env, p Params, w io.Writer) (Resu
 			}
 		}
 	}
-	var src *bpfFiles
-	var unavailable error
-	if method != methodProcfs && ctx.Err() == nil {
-		it, err := openFilesIterator(env)
-		switch {
-		case err == nil:
-			src = &bpfFiles{it: it}
-			defer it.Close()
-		case method == methodBPF:
-			return Result{}, fmt.Errorf("%w: %w", errNoBPF, err)
-		default:
-			unavailable = err
-		}
+	it, ok, unavailable, err := openIterator(ctx, env, "open_files", method, procbpf.OpenFiles)
+	if err != nil {
+		return Result{}, err
+	}
+	var src *pidStream[procbpf.File]
+	if ok {
+		defer it.Close()
+		src = &pidStream[procbpf.File]{it: it, pid: func(f procbpf.File) int { return f.PID }}
 	}
 	res, err := scanProcessesPrep(ctx, env, w, "open_files", "descriptors", func(pid int) []procbpf.File {
 		if src == nil {
@@ -93,19 +87,10 @@ func collectOpenFiles(ctx context.Context, env Env, p Params, w io.Writer) (Resu
 		}
 		return readOpenFiles(p, s, files, share)
 	}, fold)
-	if res.Details != nil {
-		res.Details["method"] = methodProcfs
-		if src != nil {
-			res.Details["method"] = "bpf_iter"
-			if ferr := src.failed(); ferr != nil {
-				// The processes after the break were read through /proc.
-				res.Details["bpf_error"] = ferr.Error()
-				res.Warnings = append(res.Warnings, "bpf iterator stopped early, the rest was read through /proc: "+ferr.Error())
-			}
-		}
-		if unavailable != nil {
-			res.Details["bpf_unavailable"] = unavailable.Error()
-		}
+	if src != nil {
+		bpfDetails(&res, true, nil, src.failed())
+	} else {
+		bpfDetails(&res, false, unavailable, nil)
 	}
 	if err == nil && share {
 		env.Shared.setSockets(ix)

@@ -11,7 +11,7 @@ package artifact
 // faster, never smaller.
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -39,63 +39,91 @@ func parseReadMethod(p Params) (string, error) {
 	}
 }
 
-// openFilesIterator starts the iterator for env, or says why not. Only the
-// live host's /proc can be read this way: the iterator knows nothing of a
-// fake tree.
-func openFilesIterator(env Env) (*procbpf.Files, error) {
-	if env.ProcRoot != "/proc" {
-		return nil, fmt.Errorf("bpf: procfs root is %s, not the live /proc", env.ProcRoot)
-	}
-	return procbpf.OpenFiles(env.ProcRoot)
-}
-
-// bpfFiles cuts the iterator's stream, which is in pid order, into one
+// pidStream cuts an iterator's stream, which is in pid order, into one
 // piece per process. It is used from one goroutine (the scan's prep).
-type bpfFiles struct {
-	it   interface{ Next() (procbpf.File, error) }
-	next procbpf.File
+type pidStream[T any] struct {
+	it interface{ Next() (T, error) }
+	// pid says whose a record is.
+	pid  func(T) int
+	next T
 	have bool
 	err  error // io.EOF at the end; anything else stopped the stream early
 }
 
-// take returns the descriptors the iterator reported for pid; ok is false
+// take returns the records the iterator reported for pid; ok is false
 // when it reported none, or the stream failed before or within pid's
 // records, and pid must be read through /proc.
-func (b *bpfFiles) take(pid int) (fds []procbpf.File, ok bool) {
+func (b *pidStream[T]) take(pid int) (recs []T, ok bool) {
 	for {
 		if !b.have {
 			if b.err != nil {
 				break
 			}
-			f, err := b.it.Next()
+			r, err := b.it.Next()
 			if err != nil {
 				b.err = err
 				if err != io.EOF {
-					return nil, false // a torn piece is not a process's table
+					return nil, false // a torn piece is not a process's
 				}
 				break
 			}
-			b.next, b.have = f, true
+			b.next, b.have = r, true
 		}
-		if b.next.PID > pid {
+		if p := b.pid(b.next); p > pid {
 			break
-		}
-		if b.next.PID == pid {
-			fds = append(fds, b.next)
+		} else if p == pid {
+			recs = append(recs, b.next)
 		}
 		// Lower pids were not in the listing (born after it) or came
 		// out of order; their processes are read through /proc.
 		b.have = false
 	}
-	return fds, len(fds) > 0
+	return recs, len(recs) > 0
 }
 
 // failed is the error that stopped the stream early, or nil.
-func (b *bpfFiles) failed() error {
+func (b *pidStream[T]) failed() error {
 	if b.err == nil || b.err == io.EOF {
 		return nil
 	}
 	return b.err
+}
+
+// bpfDetails records in a scan's details how it read /proc: the method,
+// why the iterator was not used, or why it stopped early (the processes
+// after that were read through /proc).
+func bpfDetails(res *Result, used bool, unavailable, failed error) {
+	if res.Details == nil {
+		return
+	}
+	res.Details["method"] = methodProcfs
+	if used {
+		res.Details["method"] = "bpf_iter"
+	}
+	if failed != nil {
+		res.Details["bpf_error"] = failed.Error()
+		res.Warnings = append(res.Warnings, "bpf iterator stopped early, the rest was read through /proc: "+failed.Error())
+	}
+	if unavailable != nil {
+		res.Details["bpf_unavailable"] = unavailable.Error()
+	}
+}
+
+// openIterator opens an iterator for a scan by method: nil and the reason
+// when auto falls back to /proc, an error when method bpf cannot have it.
+func openIterator[I any](ctx context.Context, env Env, name, method string, open func(string) (I, error)) (it I, ok bool, unavailable, err error) {
+	if method == methodProcfs || ctx.Err() != nil {
+		return it, false, nil, nil
+	}
+	if env.ProcRoot != "/proc" {
+		unavailable = fmt.Errorf("bpf: procfs root is %s, not the live /proc", env.ProcRoot)
+	} else if it, unavailable = open(env.ProcRoot); unavailable == nil {
+		return it, true, nil, nil
+	}
+	if method == methodBPF {
+		return it, false, nil, fmt.Errorf("%s: method bpf: %w", name, unavailable)
+	}
+	return it, false, unavailable, nil
 }
 
 // readOpenFilesBPF turns the iterator's records for p into open_files
@@ -171,6 +199,3 @@ func (d *lazyFDDir) close() {
 		syscall.Close(d.fd)
 	}
 }
-
-// errNoBPF is what method=bpf reports when the iterator cannot run.
-var errNoBPF = errors.New("open_files: method bpf")

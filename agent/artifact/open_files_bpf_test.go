@@ -31,7 +31,7 @@ func TestBPFFilesTake(t *testing.T) {
 	} {
 		stream = procbpf.AppendRecord(stream, f)
 	}
-	src := &bpfFiles{it: procbpf.NewReader(bytes.NewReader(stream))}
+	src := &pidStream[procbpf.File]{it: procbpf.NewReader(bytes.NewReader(stream)), pid: filePID}
 	paths := func(fds []procbpf.File) []string {
 		var out []string
 		for _, f := range fds {
@@ -56,7 +56,7 @@ func TestBPFFilesTake(t *testing.T) {
 
 	// The torn record might have been one more of pid 5's: pid 5 goes to
 	// /proc whole, and so does everything after.
-	torn := &bpfFiles{it: procbpf.NewReader(bytes.NewReader(stream[:len(stream)-2]))}
+	torn := &pidStream[procbpf.File]{it: procbpf.NewReader(bytes.NewReader(stream[:len(stream)-2])), pid: filePID}
 	if _, ok := torn.take(3); !ok {
 		t.Fatal("take(3) before the tear found nothing")
 	}
@@ -133,5 +133,61 @@ func TestOpenFilesBPFMatchesProcfs(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("the helper's TCP socket (fd %d) has no owner pid %d after a bpf open_files scan", report["tcp_fd"], pid)
+	}
+}
+
+func filePID(f procbpf.File) int { return f.PID }
+
+// TestProcessesBPFMatchesProcfs: for a process in its own PID and network
+// namespaces, the record built from the task iterator (exe, cwd, root,
+// namespaces, loginuid) is byte for byte the one built from /proc alone.
+func TestProcessesBPFMatchesProcfs(t *testing.T) {
+	testenv.NeedRoot(t)
+	it, err := procbpf.OpenTasks("/proc")
+	if err != nil {
+		testenv.Skip(t, "BPF iterator unavailable: %v", err)
+	}
+	it.Close()
+	dir := t.TempDir()
+	_, cmd := startHelper(t, os.Args[0], "netns", dir, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNET})
+	pid := cmd.Process.Pid
+
+	it, err = procbpf.OpenTasks("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var task *procbpf.Task
+	for {
+		tk, err := it.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tk.PID == pid {
+			task = &tk
+		}
+	}
+	it.Close()
+	if task == nil || !task.Has(procbpf.HaveExe) || !task.Has(procbpf.NSNet) {
+		t.Fatalf("task iterator record for the helper = %+v", task)
+	}
+	env := Env{}.withDefaults()
+	selfMnt, _ := newSnapProc(env.ProcRoot, 0).selfNamespace("mnt")
+	sc := &processScanner{env: env, hashes: newExeHasher(), names: newNameResolver(env, selfMnt)}
+	viaProc := sc.read(newScratch(), pid, nil)
+	viaBPF := sc.read(newScratch(), pid, task)
+	if viaProc.gone || viaBPF.gone || !bytes.Equal(viaProc.data, viaBPF.data) {
+		t.Errorf("processes record via bpf differs from procfs:\nprocfs %s\nbpf    %s", viaProc.data, viaBPF.data)
+	}
+
+	_, res := collect(t, "processes", Env{}, Params{"method": "bpf"})
+	if res.Details["method"] != "bpf_iter" {
+		t.Errorf("processes method=bpf ran as %q", res.Details["method"])
+	}
+	k, _ := Lookup("processes")
+	if _, err := k.Collect(context.Background(), fakeEnv(), Params{"method": "bpf"}, io.Discard); err == nil || !strings.Contains(err.Error(), "not the live /proc") {
+		t.Errorf("processes method=bpf on a fake /proc: %v", err)
 	}
 }

@@ -14,9 +14,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/custodyhq/custody/agent/procbpf"
 )
 
 func init() {
@@ -24,7 +27,7 @@ func init() {
 		Name:    "processes",
 		Ext:     "jsonl",
 		Doc:     "one JSON line per process (osquery processes columns plus exe hash, container, namespaces, capabilities), sorted by pid",
-		Params:  []string{"with_env", "env_unredacted"},
+		Params:  []string{"with_env", "env_unredacted", "method"},
 		Collect: collectProcesses,
 	})
 }
@@ -108,6 +111,7 @@ type processRecord struct {
 
 type processOptions struct {
 	withEnv, unredacted bool
+	method              string // how links are read: auto, bpf, procfs
 }
 
 func parseProcessParams(p Params) (processOptions, error) {
@@ -125,7 +129,9 @@ func parseProcessParams(p Params) (processOptions, error) {
 	}
 	// Asking for unredacted values is asking for the environment.
 	o.withEnv = o.withEnv || o.unredacted
-	return o, nil
+	var err error
+	o.method, err = parseReadMethod(p)
+	return o, err
 }
 
 func collectProcesses(ctx context.Context, env Env, p Params, w io.Writer) (Result, error) {
@@ -151,9 +157,27 @@ func collectProcesses(ctx context.Context, env Env, p Params, w io.Writer) (Resu
 	selfMnt, _ := newSnapProc(env.ProcRoot, 0).selfNamespace("mnt")
 	sc.names = newNameResolver(env, selfMnt)
 
+	it, ok, unavailable, err := openIterator(ctx, env, "processes", opts.method, procbpf.OpenTasks)
+	if err != nil {
+		return res, err
+	}
+	var src *pidStream[procbpf.Task]
+	if ok {
+		defer it.Close()
+		src = &pidStream[procbpf.Task]{it: it, pid: func(t procbpf.Task) int { return t.PID }}
+	}
+
 	var n int
-	err = snapshotOrdered(ctx, snapshotWorkers(), len(pids), func(s *scratch, i int) procBatch {
-		return sc.read(s, pids[i])
+	err = snapshotOrderedPrep(ctx, snapshotWorkers(), len(pids), func(i int) *procbpf.Task {
+		if src == nil {
+			return nil
+		}
+		if ts, ok := src.take(pids[i]); ok {
+			return &ts[0]
+		}
+		return nil
+	}, func(s *scratch, i int, t *procbpf.Task) procBatch {
+		return sc.read(s, pids[i], t)
 	}, func(b procBatch) error {
 		// One write per process: each reaches w as soon as it is its
 		// turn, and nothing accumulates here.
@@ -169,6 +193,11 @@ func collectProcesses(ctx context.Context, env Env, p Params, w io.Writer) (Resu
 		stats.extra["environment"] = "unredacted"
 	}
 	res.Details = stats.details()
+	if src != nil {
+		bpfDetails(&res, true, nil, src.failed())
+	} else {
+		bpfDetails(&res, false, unavailable, nil)
+	}
 	return res, err
 }
 
@@ -190,9 +219,10 @@ type processScanner struct {
 	names  *nameResolver
 }
 
-// read reads and encodes one process, on a worker.
-func (sc *processScanner) read(s *scratch, pid int) procBatch {
-	rec, gone := sc.readProcess(s, pid)
+// read reads and encodes one process, on a worker. t is what the task
+// iterator reported of it, or nil.
+func (sc *processScanner) read(s *scratch, pid int, t *procbpf.Task) procBatch {
+	rec, gone := sc.readProcess(s, pid, t)
 	if gone {
 		return procBatch{pid: pid, gone: true}
 	}
@@ -204,7 +234,7 @@ func (sc *processScanner) read(s *scratch, pid int) procBatch {
 // readProcess reads one process. gone reports a process that exited after
 // the listing: it is skipped, because a process that no longer exists is not
 // part of the state being captured and its half-read record would mislead.
-func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, gone bool) {
+func (sc *processScanner) readProcess(s *scratch, pid int, t *procbpf.Task) (rec processRecord, gone bool) {
 	p := newSnapProc(sc.env.ProcRoot, pid)
 	rec.PID = pid
 	var errs errorList
@@ -226,6 +256,7 @@ func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, g
 		return rec, false
 	}
 	defer h.close()
+	links := procLinks{h: h, s: s, t: t}
 	if b, _, err := h.read(s, "stat", maxSmallFile); err != nil {
 		if fail("stat", err) {
 			return rec, true
@@ -280,7 +311,7 @@ func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, g
 
 	// A kernel thread has no exe (ENOENT with the process alive): an
 	// empty path with exe_deleted false means "no binary".
-	if target, err := h.readlink(s, "exe"); err != nil {
+	if target, err := links.readlink("exe"); err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			if fail("path", err) {
 				return rec, true
@@ -308,7 +339,7 @@ func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, g
 		name string
 		dst  *string
 	}{{"cwd", &rec.Cwd}, {"root", &rec.Root}} {
-		target, err := h.readlink(s, l.name)
+		target, err := links.readlink(l.name)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			if fail(l.name, err) {
 				return rec, true
@@ -336,7 +367,7 @@ func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, g
 		{"net", &rec.NetNamespace}, {"pid", &rec.PIDNamespace}, {"user", &rec.UserNamespace},
 		{"uts", &rec.UTSNamespace},
 	} {
-		ino, err := h.namespace(s, ns.kind)
+		ino, err := links.namespace(ns.kind)
 		if err != nil {
 			// Kernels without a namespace type simply lack its link.
 			if !errors.Is(err, os.ErrNotExist) && fail(ns.kind+"_namespace", err) {
@@ -347,7 +378,10 @@ func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, g
 		*ns.dst = &ino
 	}
 
-	if b, _, err := h.read(s, "loginuid", 32); err == nil {
+	if t != nil && t.Has(procbpf.HaveLoginUID) {
+		v := t.LoginUID
+		rec.LoginUID = &v
+	} else if b, _, err := h.read(s, "loginuid", 32); err == nil {
 		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
 			rec.LoginUID = &v
 		}
@@ -376,6 +410,54 @@ func (sc *processScanner) readProcess(s *scratch, pid int) (rec processRecord, g
 
 	rec.Error = errs.String()
 	return rec, false
+}
+
+// procLinks reads a process's links: from the task iterator's record where
+// it has them, else through /proc. An error the iterator met (d_path's)
+// reads as the same readlink error /proc would give.
+type procLinks struct {
+	h procHandle
+	s *scratch
+	t *procbpf.Task
+}
+
+var taskNamespaces = map[string]int{
+	"cgroup": procbpf.NSCgroup, "ipc": procbpf.NSIPC, "mnt": procbpf.NSMnt, "net": procbpf.NSNet,
+	"pid": procbpf.NSPID, "user": procbpf.NSUser, "uts": procbpf.NSUTS,
+}
+
+func (l procLinks) readlink(name string) (string, error) {
+	if l.t != nil {
+		var bit int
+		var target string
+		var errno syscall.Errno
+		switch name {
+		case "exe":
+			bit, target, errno = procbpf.HaveExe, l.t.Exe, l.t.ExeErr
+		case "cwd":
+			bit, target, errno = procbpf.HaveCwd, l.t.Cwd, l.t.CwdErr
+		case "root":
+			bit, target, errno = procbpf.HaveRoot, l.t.Root, l.t.RootErr
+		default:
+			bit = -1
+		}
+		if bit >= 0 && l.t.Has(bit) {
+			if errno != 0 {
+				return "", &fs.PathError{Op: "readlink", Path: l.h.dir + "/" + name, Err: errno}
+			}
+			return target, nil
+		}
+	}
+	return l.h.readlink(l.s, name)
+}
+
+func (l procLinks) namespace(kind string) (uint64, error) {
+	if l.t != nil {
+		if k, ok := taskNamespaces[kind]; ok && l.t.Has(k) {
+			return l.t.NS[k], nil
+		}
+	}
+	return l.h.namespace(l.s, kind)
 }
 
 // splitCmdline splits /proc/PID/cmdline into argv. A process may rewrite

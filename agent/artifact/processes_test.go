@@ -249,7 +249,7 @@ func TestProcessesVanished(t *testing.T) {
 	var pids []int
 	sc := &processScanner{env: env.withDefaults(), hashes: newExeHasher(), names: newNameResolver(env, 0)}
 	for _, pid := range []int{1, 2, 777, 778, 4242, 31337} {
-		if l := sc.read(newScratch(), pid); !l.gone {
+		if l := sc.read(newScratch(), pid, nil); !l.gone {
 			pids = append(pids, pid)
 		}
 	}

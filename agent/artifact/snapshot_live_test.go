@@ -323,7 +323,7 @@ func liveProcess(t *testing.T, pid int) *processRecord {
 	env := Env{}.withDefaults()
 	selfMnt, _ := newSnapProc(env.ProcRoot, 0).selfNamespace("mnt")
 	sc := &processScanner{env: env, hashes: newExeHasher(), names: newNameResolver(env, selfMnt)}
-	l := sc.read(newScratch(), pid)
+	l := sc.read(newScratch(), pid, nil)
 	if l.gone {
 		return nil
 	}

@@ -52,14 +52,20 @@ func RunOrder(names []string) []int {
 // one's system calls overlap another's encoding and both CPUs stay busy,
 // while each bulk artifact (memory, files: Kind.Bulk) has a stage to itself,
 // as each already uses the CPUs and memory it is allowed. Stages follow
-// RunOrder, and sockets sharing open_files' scan gets the stage after it.
+// RunOrder; sockets sharing open_files' scan (the lightest of the
+// snapshots once it does) gets a stage of its own after open_files'.
 func Stages(names []string) [][]int {
 	var stages [][]int
 	var light []int
+	sockets := -1 // a shared sockets waiting for its open_files' stage to end
 	flush := func() {
 		if len(light) > 0 {
 			stages = append(stages, light)
 			light = nil
+		}
+		if sockets >= 0 {
+			stages = append(stages, []int{sockets})
+			sockets = -1
 		}
 	}
 	shared := NewShared(names) != nil
@@ -69,12 +75,8 @@ func Stages(names []string) [][]int {
 		case err == nil && k.Bulk:
 			flush()
 			stages = append(stages, []int{i})
-		case shared && names[i] == "sockets":
-			// open_files is in this stage or an earlier one.
-			if slices.ContainsFunc(light, func(j int) bool { return names[j] == "open_files" }) {
-				flush()
-			}
-			light = append(light, i)
+		case shared && names[i] == "sockets" && slices.ContainsFunc(light, func(j int) bool { return names[j] == "open_files" }):
+			sockets = i
 		default:
 			light = append(light, i)
 		}

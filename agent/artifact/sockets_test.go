@@ -78,8 +78,9 @@ func TestStages(t *testing.T) {
 		names []string
 		want  [][]int
 	}{
-		{[]string{"processes", "sockets", "open_files", "memory_maps"}, [][]int{{0, 2}, {1, 3}}},
+		{[]string{"processes", "sockets", "open_files", "memory_maps"}, [][]int{{0, 2, 3}, {1}}},
 		{[]string{"host", "processes", "memory_maps"}, [][]int{{0, 1, 2}}},
+		{[]string{"open_files", "sockets", "physical_memory"}, [][]int{{0}, {1}, {2}}},
 		{[]string{"sockets", "processes"}, [][]int{{0, 1}}},
 		{[]string{"processes", "process_memory", "open_files", "file", "sockets"}, [][]int{{0}, {1}, {2}, {3}, {4}}},
 		{[]string{"host", "physical_memory", "processes", "memory_maps"}, [][]int{{0}, {1}, {2, 3}}},

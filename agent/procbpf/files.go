@@ -1,9 +1,10 @@
 // Package procbpf reads what the snapshots would otherwise read from /proc
 // one system call at a time, with BPF iterators: a program the kernel runs
-// once per object (here: per open file of every process), writing records
-// into a file the agent reads in large pieces. On a host with tens of
-// thousands of descriptors, readlink plus an fdinfo open, read and close
-// per descriptor is most of a snapshot's cost; the iterator is one pass.
+// once per object (per open file of every process: Files; per process:
+// Tasks), writing records into a file the agent reads in large pieces. On
+// a host with tens of thousands of descriptors, readlink plus an fdinfo
+// open, read and close per descriptor is most of a snapshot's cost; the
+// iterator is one pass.
 //
 // It needs CAP_BPF and CAP_PERFMON (or root), a kernel with BTF and BPF
 // iterators, and the agent in the initial PID namespace (the iterator
@@ -13,20 +14,13 @@ package procbpf
 
 import (
 	"bufio"
-	"bytes"
 	_ "embed"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
 )
 
 //go:embed files.bpf.o
@@ -53,75 +47,27 @@ const recordSize = 40
 // maxPath bounds a record's path: the program's buffer.
 const maxPath = 4096
 
-// initPIDNamespace is the fixed inode of the initial PID namespace
-// (PROC_PID_INIT_INO).
-const initPIDNamespace = 0xEFFFFFFC
-
 // Files is an open iteration over every open file of every process.
 type Files struct {
-	coll *ebpf.Collection
-	link *link.Iter
-	rc   io.ReadCloser
+	iter *iterator
 	r    *Reader
 }
 
 // OpenFiles loads the iterator and starts an iteration; procRoot must be
 // the host's /proc as this process sees it.
 func OpenFiles(procRoot string) (*Files, error) {
-	if err := supported(procRoot); err != nil {
+	it, err := openIterator(procRoot, filesObject, "custody_files", "task_file")
+	if err != nil {
 		return nil, err
 	}
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("bpf: memlock limit: %w", err)
-	}
-	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(filesObject))
-	if err != nil {
-		return nil, fmt.Errorf("bpf: files program: %w", err)
-	}
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		return nil, fmt.Errorf("bpf: load files program: %w", err)
-	}
-	l, err := link.AttachIter(link.IterOptions{Program: coll.Programs["custody_files"]})
-	if err != nil {
-		coll.Close()
-		return nil, fmt.Errorf("bpf: attach task_file iterator: %w", err)
-	}
-	rc, err := l.Open()
-	if err != nil {
-		l.Close()
-		coll.Close()
-		return nil, fmt.Errorf("bpf: open task_file iterator: %w", err)
-	}
-	return &Files{coll: coll, link: l, rc: rc, r: NewReader(rc)}, nil
-}
-
-// supported says why the iterator cannot stand in for procRoot, or nil.
-func supported(procRoot string) error {
-	target, err := os.Readlink(procRoot + "/self/ns/pid")
-	if err != nil {
-		return fmt.Errorf("bpf: pid namespace: %w", err)
-	}
-	if target != "pid:["+strconv.Itoa(initPIDNamespace)+"]" {
-		return fmt.Errorf("bpf: %s is not the initial pid namespace's /proc (%s)", procRoot, target)
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		return fmt.Errorf("bpf: kernel BTF: %w", err)
-	}
-	return nil
+	return &Files{iter: it, r: NewReader(it.rc)}, nil
 }
 
 // Next returns the next descriptor, or io.EOF after the last.
 func (f *Files) Next() (File, error) { return f.r.Next() }
 
 // Close ends the iteration and unloads the program.
-func (f *Files) Close() error {
-	err := f.rc.Close()
-	f.link.Close()
-	f.coll.Close()
-	return err
-}
+func (f *Files) Close() error { return f.iter.close() }
 
 // AppendRecord appends f as files.bpf.c writes it: the encoder the
 // parser's tests and fuzzing are checked against.
