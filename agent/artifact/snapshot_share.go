@@ -52,37 +52,34 @@ func RunOrder(names []string) []int {
 // one's system calls overlap another's encoding and both CPUs stay busy,
 // while each bulk artifact (memory, files: Kind.Bulk) has a stage to itself,
 // as each already uses the CPUs and memory it is allowed. Stages follow
-// RunOrder; sockets sharing open_files' scan (the lightest of the
-// snapshots once it does) gets a stage of its own after open_files'.
-func Stages(names []string) [][]int {
-	var stages [][]int
+// RunOrder. after maps an artifact to one of its stage it must not start
+// before that one finished: sockets sharing open_files' scan.
+func Stages(names []string) (stages [][]int, after map[int]int) {
+	after = map[int]int{}
 	var light []int
-	sockets := -1 // a shared sockets waiting for its open_files' stage to end
 	flush := func() {
 		if len(light) > 0 {
 			stages = append(stages, light)
 			light = nil
 		}
-		if sockets >= 0 {
-			stages = append(stages, []int{sockets})
-			sockets = -1
-		}
 	}
 	shared := NewShared(names) != nil
 	for _, i := range RunOrder(names) {
 		k, err := Lookup(names[i])
-		switch {
-		case err == nil && k.Bulk:
+		if err == nil && k.Bulk {
 			flush()
 			stages = append(stages, []int{i})
-		case shared && names[i] == "sockets" && slices.ContainsFunc(light, func(j int) bool { return names[j] == "open_files" }):
-			sockets = i
-		default:
-			light = append(light, i)
+			continue
 		}
+		if shared && names[i] == "sockets" {
+			if j := slices.IndexFunc(light, func(j int) bool { return names[j] == "open_files" }); j >= 0 {
+				after[i] = light[j]
+			}
+		}
+		light = append(light, i)
 	}
 	flush()
-	return stages
+	return stages, after
 }
 
 func (s *Shared) wantsSockets() bool { return s != nil }

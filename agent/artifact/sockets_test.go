@@ -2,6 +2,7 @@ package artifact
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,17 +78,19 @@ func TestStages(t *testing.T) {
 	for _, tc := range []struct {
 		names []string
 		want  [][]int
+		after map[int]int
 	}{
-		{[]string{"processes", "sockets", "open_files", "memory_maps"}, [][]int{{0, 2, 3}, {1}}},
-		{[]string{"host", "processes", "memory_maps"}, [][]int{{0, 1, 2}}},
-		{[]string{"open_files", "sockets", "physical_memory"}, [][]int{{0}, {1}, {2}}},
-		{[]string{"sockets", "processes"}, [][]int{{0, 1}}},
-		{[]string{"processes", "process_memory", "open_files", "file", "sockets"}, [][]int{{0}, {1}, {2}, {3}, {4}}},
-		{[]string{"host", "physical_memory", "processes", "memory_maps"}, [][]int{{0}, {1}, {2, 3}}},
-		{nil, nil},
+		{[]string{"processes", "sockets", "open_files", "memory_maps"}, [][]int{{0, 2, 1, 3}}, map[int]int{1: 2}},
+		{[]string{"host", "processes", "memory_maps"}, [][]int{{0, 1, 2}}, map[int]int{}},
+		{[]string{"open_files", "sockets", "physical_memory"}, [][]int{{0, 1}, {2}}, map[int]int{1: 0}},
+		{[]string{"sockets", "processes"}, [][]int{{0, 1}}, map[int]int{}},
+		{[]string{"processes", "process_memory", "open_files", "file", "sockets"}, [][]int{{0}, {1}, {2}, {3}, {4}}, map[int]int{}},
+		{[]string{"host", "physical_memory", "processes", "memory_maps"}, [][]int{{0}, {1}, {2, 3}}, map[int]int{}},
+		{nil, nil, map[int]int{}},
 	} {
-		if got := Stages(tc.names); !slices.EqualFunc(got, tc.want, slices.Equal) {
-			t.Errorf("Stages(%q) = %v, want %v", tc.names, got, tc.want)
+		got, after := Stages(tc.names)
+		if !slices.EqualFunc(got, tc.want, slices.Equal) || !maps.Equal(after, tc.after) {
+			t.Errorf("Stages(%q) = %v, %v; want %v, %v", tc.names, got, after, tc.want, tc.after)
 		}
 	}
 }

@@ -77,10 +77,21 @@ func Collect(ctx context.Context, opts Options, reqs []Request) (*manifest.Manif
 	}
 	opts.Env.Shared = artifact.NewShared(names)
 	m.Artifacts = make([]manifest.Artifact, len(reqs))
-	for _, stage := range artifact.Stages(names) {
+	stages, after := artifact.Stages(names)
+	for _, stage := range stages {
 		var wg sync.WaitGroup
+		done := map[int]chan struct{}{}
 		for _, i := range stage {
-			wg.Go(func() { m.Artifacts[i] = capture(ctx, opts, reqs[i]) })
+			done[i] = make(chan struct{})
+		}
+		for _, i := range stage {
+			wg.Go(func() {
+				defer close(done[i])
+				if j, ok := after[i]; ok {
+					<-done[j]
+				}
+				m.Artifacts[i] = capture(ctx, opts, reqs[i])
+			})
 		}
 		wg.Wait()
 	}
