@@ -55,7 +55,7 @@ func readMemoryMaps(p snapProc, s *scratch) procBatch {
 		if p.gone(err) {
 			return procBatch{pid: p.pid, gone: true}
 		}
-		addRecord(out, memoryMapRecord{PID: p.pid, Error: "maps: " + err.Error()}, "maps: "+err.Error())
+		addMap(out, memoryMapRecord{PID: p.pid, Error: "maps: " + err.Error()}, "maps: "+err.Error())
 		return out.done()
 	}
 	h, err := openProc(p)
@@ -66,7 +66,7 @@ func readMemoryMaps(p snapProc, s *scratch) procBatch {
 	err = eachMapsLine(h, s, func(line []byte) {
 		m, err := parseMemoryMapLine(string(line))
 		if err != nil {
-			addRecord(out, memoryMapRecord{PID: p.pid, Error: err.Error()}, err.Error())
+			addMap(out, memoryMapRecord{PID: p.pid, Error: err.Error()}, err.Error())
 			return
 		}
 		size := m.End - m.Start
@@ -83,7 +83,7 @@ func readMemoryMaps(p snapProc, s *scratch) procBatch {
 			// fetch, so the kernel's marker stays part of the name.
 			rec.Pseudo = false
 		}
-		addRecord(out, rec, "")
+		addMap(out, rec, "")
 	})
 	if err != nil {
 		if out.b.records == 0 {
@@ -92,7 +92,7 @@ func readMemoryMaps(p snapProc, s *scratch) procBatch {
 		// A process that exits mid-read ends its maps early; what was
 		// read stands. Anything else is said on one more record.
 		if !p.gone(err) {
-			addRecord(out, memoryMapRecord{PID: p.pid, Error: "maps: " + err.Error()}, "maps: "+err.Error())
+			addMap(out, memoryMapRecord{PID: p.pid, Error: "maps: " + err.Error()}, "maps: "+err.Error())
 		}
 	}
 	return out.done()

@@ -194,9 +194,7 @@ func readOpenFiles(p snapProc, s *scratch, files *openFileCache, sockets bool) p
 		if skip {
 			continue
 		}
-		if sp != nil && rec.Type == "socket" && rec.Inode != nil {
-			sp.sockets = append(sp.sockets, sockFD{fd, *rec.Inode})
-		}
+		sp.noteSocket(fd, rec)
 		addRecord(out, rec, rec.Error)
 	}
 	b := out.done()
@@ -207,6 +205,14 @@ func readOpenFiles(p snapProc, s *scratch, files *openFileCache, sockets bool) p
 		b.sock = sp
 	}
 	return b
+}
+
+// noteSocket records descriptor fd in sp if it is a socket; sp is nil
+// when sockets does not share the scan.
+func (sp *sockProc) noteSocket(fd int, rec openFileRecord) {
+	if sp != nil && rec.Type == "socket" && rec.Inode != nil {
+		sp.sockets = append(sp.sockets, sockFD{fd, *rec.Inode})
+	}
 }
 
 func goneSock(sp *sockProc, pid int) *sockProc {

@@ -153,9 +153,7 @@ func readOpenFilesBPF(p snapProc, s *scratch, files *openFileCache, sockets bool
 			}
 			return statOpenFile(fdDir, p.dir, name, rec, files)
 		})
-		if sp != nil && rec.Type == "socket" && rec.Inode != nil {
-			sp.sockets = append(sp.sockets, sockFD{fd, *rec.Inode})
-		}
+		sp.noteSocket(fd, rec)
 		addRecord(out, rec, rec.Error)
 	}
 	b := out.done()

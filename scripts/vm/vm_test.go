@@ -84,6 +84,7 @@ func TestVM(t *testing.T) {
 		g := h.boot(ctx, t, "", true)
 		defer g.Stop()
 		banner := h.banner(ctx, t, g)
+		h.snapshotsBPF(ctx, t, g)
 		kcore := h.capture(ctx, t, g, "VM-KCORE", "kcore")
 		h.checkImage(t, g, kcore, "kcore", banner)
 		limeArt := h.capture(ctx, t, g, "VM-LIME", "lime")
@@ -333,6 +334,31 @@ func (h *harness) artifact(t *testing.T, g *guest, caseID, colID, name string) m
 	}
 	t.Fatalf("manifest of %s has no %s", colID, name)
 	return manifest.Artifact{}
+}
+
+// snapshotsBPF collects processes and open_files with their BPF
+// iterators required (method=bpf fails rather than falls back), on the
+// guest's kernel, which is Debian's and not the host's: the one committed
+// BPF object must load, relocated, on both.
+func (h *harness) snapshotsBPF(ctx context.Context, t *testing.T, g *guest) {
+	t.Helper()
+	r := h.c.Ctl(ctx, "collect", "--agent", g.agentID, "--artifacts", "processes,open_files,sockets",
+		"--param", "processes.method=bpf", "--param", "open_files.method=bpf", "--case", "VM-SNAP",
+		"--reason", "scripts/vm real-kernel test", "--wait", "--timeout", "2m", "-o", "json")
+	col, err := e2e.ParseCollection(r.Stdout)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, r)
+	}
+	if col.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
+		t.Fatalf("snapshots with BPF iterators in the guest: %v", col)
+	}
+	for _, name := range []string{"processes", "open_files", "sockets"} {
+		a := h.artifact(t, g, "VM-SNAP", col.GetCollectionId(), name)
+		if name != "sockets" && a.Details["method"] != "bpf_iter" {
+			t.Errorf("%s in the guest ran as %q: %v", name, a.Details["method"], a.Details)
+		}
+		t.Logf("guest %s: method %s, %s processes, %d bytes", name, a.Details["method"], a.Details["processes_scanned"], a.RawSize)
+	}
 }
 
 // banner collects kernel_symbols and returns the kernel banner in it.
