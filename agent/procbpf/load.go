@@ -11,7 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // initPIDNamespace is the fixed inode of the initial PID namespace
@@ -60,10 +60,12 @@ func openIterator(procRoot string, obj []byte, prog, target string) (*iterator, 
 	if err := supported(procRoot); err != nil {
 		return nil, err
 	}
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("bpf: memlock limit: %w", err)
-	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raised
+	// here, for this process only, rather than through cilium/ebpf's
+	// rlimit package, whose init creates a BPF map at every start of the
+	// agent to find out whether it must. Where raising it is refused, a
+	// newer kernel does not need it, and an older one says so at load.
+	_ = unix.Setrlimit(unix.RLIMIT_MEMLOCK, &unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY})
 	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
 	if err != nil {
 		return nil, fmt.Errorf("bpf: %s program: %w", target, err)
