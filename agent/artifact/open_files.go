@@ -299,17 +299,17 @@ func (t fdTable) readOpenFile(s *scratch, fd int, files *openFileCache) (rec ope
 	} else if fi, err := parseFDInfo(b); err != nil {
 		errs.add("fdinfo", err)
 	} else {
-		rec.setFDInfo(fi)
+		rec.setFDInfo(s, fi)
 	}
-	return describeOpenFile(p, rec, target, errs, func(rec openFileRecord) (openFileStat, error) {
+	return describeOpenFile(p, s, rec, target, errs, func(rec openFileRecord) (openFileStat, error) {
 		return statOpenFile(t.fdDir, t.h.dir, name, rec, files)
 	}), false
 }
 
-// setFDInfo fills the columns fdinfo gives.
-func (rec *openFileRecord) setFDInfo(fi fdInfo) {
-	rec.Flags = "0" + strconv.FormatUint(fi.Flags, 8)
-	rec.Access, rec.FlagNames = describeOpenFlags(fi.Flags)
+// setFDInfo fills the columns fdinfo gives; s caches the flags' text.
+func (rec *openFileRecord) setFDInfo(s *scratch, fi fdInfo) {
+	ft := s.flagText(fi.Flags)
+	rec.Flags, rec.Access, rec.FlagNames = ft.octal, ft.access, ft.names
 	rec.Pos, rec.MntID = &fi.Pos, &fi.MntID
 	if fi.HasIno {
 		rec.Inode = &fi.Inode
@@ -319,7 +319,7 @@ func (rec *openFileRecord) setFDInfo(fi fdInfo) {
 // describeOpenFile completes a record from the descriptor's link target
 // and what fdinfo said (already in rec): its type, and for files on disk
 // what stat says, and whether it was deleted.
-func describeOpenFile(p snapProc, rec openFileRecord, target string, errs errorList, stat func(openFileRecord) (openFileStat, error)) openFileRecord {
+func describeOpenFile(p snapProc, s *scratch, rec openFileRecord, target string, errs errorList, stat func(openFileRecord) (openFileStat, error)) openFileRecord {
 	rec.Path = target
 	rec.Type = fdKind(target)
 	// Sockets, pipes and anonymous inodes say what they are in their link;
@@ -345,7 +345,7 @@ func describeOpenFile(p snapProc, rec openFileRecord, target string, errs errorL
 			size := st.size
 			rec.Size = &size
 		}
-		rec.Device = devString(st.dev)
+		rec.Device = s.devString(st.dev)
 		if rec.Inode == nil {
 			ino := st.ino
 			rec.Inode = &ino

@@ -145,8 +145,8 @@ func readOpenFilesBPF(p snapProc, s *scratch, files *openFileCache, sockets bool
 			addRecord(out, rec, rec.Error)
 			continue
 		}
-		rec.setFDInfo(fdInfo{Pos: f.Pos, Flags: f.Flags, MntID: f.MntID, Inode: f.Inode, HasIno: true})
-		rec = describeOpenFile(p, rec, f.Path, nil, func(rec openFileRecord) (openFileStat, error) {
+		rec.setFDInfo(s, fdInfo{Pos: f.Pos, Flags: f.Flags, MntID: f.MntID, Inode: f.Inode, HasIno: true})
+		rec = describeOpenFile(p, s, rec, f.Path, nil, func(rec openFileRecord) (openFileStat, error) {
 			fdDir, err := dir.open()
 			if err != nil {
 				return openFileStat{}, err

@@ -59,6 +59,41 @@ type scratch struct {
 	file []byte // file contents
 	link []byte // link targets
 	dir  []byte // getdents
+	// Text that repeats across records, made once per worker: fdinfo
+	// flags and device numbers take a handful of values on a host.
+	flags map[uint64]flagText
+	devs  map[uint64]string
+}
+
+// flagText is an fdinfo flags value as open_files writes it.
+type flagText struct {
+	octal, access string
+	names         []string // shared between records: never modified
+}
+
+func (s *scratch) flagText(flags uint64) flagText {
+	if ft, ok := s.flags[flags]; ok {
+		return ft
+	}
+	ft := flagText{octal: "0" + strconv.FormatUint(flags, 8)}
+	ft.access, ft.names = describeOpenFlags(flags)
+	if s.flags == nil {
+		s.flags = map[uint64]flagText{}
+	}
+	s.flags[flags] = ft
+	return ft
+}
+
+func (s *scratch) devString(dev uint64) string {
+	if d, ok := s.devs[dev]; ok {
+		return d
+	}
+	d := devString(dev)
+	if s.devs == nil {
+		s.devs = map[uint64]string{}
+	}
+	s.devs[dev] = d
+	return d
 }
 
 // newScratch allocates a worker's buffers, once per scan: a sync.Pool
