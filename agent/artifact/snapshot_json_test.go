@@ -28,6 +28,7 @@ var jsonEdgeStrings = []string{
 func recordSamples(s string) []any {
 	fd, pos, mnt, size := 7, int64(-1), int64(31), int64(1<<62)
 	ino := uint64(1<<64 - 1)
+	uid := uint32(1<<32 - 1)
 	return []any{
 		openFileRecord{},
 		openFileRecord{PID: 1, FlagNames: []string{}},
@@ -36,6 +37,10 @@ func recordSamples(s string) []any {
 		memoryMapRecord{},
 		memoryMapRecord{PID: 42, Start: "0x7f0000000000", End: s, Size: &ino, Permissions: "r-xp", Offset: &ino,
 			Device: "fe:01", Inode: &ino, Path: s, Pseudo: true, Deleted: true, Error: s},
+		socketRecord{},
+		socketRecord{PID: &fd, FD: &fd, Name: s, Socket: ino, Table: "tcp6", Family: 10, Protocol: -6, Type: s,
+			LocalAddress: s, LocalPort: 65535, RemoteAddress: "::1", RemotePort: -1, Path: s, State: s, Listening: true,
+			Interface: &fd, UID: &uid, NetNamespace: 4026531840, ContainerID: s},
 	}
 }
 

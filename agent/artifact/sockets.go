@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -149,31 +148,43 @@ func collectSockets(ctx context.Context, env Env, _ Params, w io.Writer) (Result
 
 	// Pass 2: every namespace's tables, read through the first member
 	// that is still alive.
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
+	// Records are appended to buf and written 64 KiB at a time.
+	var buf []byte
+	write := func(rec socketRecord) error {
+		buf = append(rec.appendJSON(buf), '\n')
+		res.Records++
+		if len(buf) < 64<<10 {
+			return nil
+		}
+		_, err := w.Write(buf)
+		buf = buf[:0]
+		return err
+	}
 	var unowned int
 	emit := func(rec socketRecord) error {
 		own := owners[rec.Socket]
 		if len(own) == 0 {
 			unowned++
-			res.Records++
-			return enc.Encode(rec)
+			return write(rec)
 		}
 		for _, o := range own {
 			rec.PID, rec.FD = &o.pid, &o.fd
 			if sp := procs[o.pid]; sp != nil {
 				rec.Name, rec.ContainerID = sp.name, sp.container
 			}
-			if err := enc.Encode(rec); err != nil {
+			if err := write(rec); err != nil {
 				return err
 			}
-			res.Records++
 		}
 		return nil
 	}
 	nss := slices.Sorted(maps.Keys(members))
 	for _, ns := range nss {
 		if err := ctx.Err(); err != nil {
+			// What was read is written: a cancelled capture keeps it.
+			if len(buf) > 0 {
+				w.Write(buf)
+			}
 			res.Warnings = warn.result()
 			res.Details = stats.details()
 			return res, err
@@ -195,6 +206,13 @@ func collectSockets(ctx context.Context, env Env, _ Params, w io.Writer) (Result
 		if !read {
 			stats.errors++
 			warn.add("net namespace %d: every member exited before its tables were read", ns)
+		}
+	}
+	if len(buf) > 0 {
+		if _, err := w.Write(buf); err != nil {
+			res.Warnings = warn.result()
+			res.Details = stats.details()
+			return res, fmt.Errorf("write sockets artifact: %w", err)
 		}
 	}
 	res.Warnings = warn.result()
