@@ -53,9 +53,23 @@ type procMemOptions struct {
 	freeze     bool
 }
 
-// procMemContainerID admits Docker, containerd and CRI-O ids (hex) and ECS
-// runtime ids ("<task id>-<number>"), as they appear in /proc/PID/cgroup.
-var procMemContainerID = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z_.-]{11,127}$`)
+// isProcMemContainerID admits Docker, containerd and CRI-O ids (hex) and
+// ECS runtime ids ("<task id>-<number>"), as they appear in
+// /proc/PID/cgroup: 12 to 128 of [0-9A-Za-z_.-], starting alphanumeric.
+// (A regular expression for it compiled 127 repetitions at every start of
+// the agent: 1.5 ms.)
+func isProcMemContainerID(s string) bool {
+	if len(s) < 12 || len(s) > 128 {
+		return false
+	}
+	for i, c := range []byte(s) {
+		alnum := c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z'
+		if !alnum && (i == 0 || c != '_' && c != '.' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
 
 func parseProcMemParams(p Params) (procMemOptions, error) {
 	o := procMemOptions{
@@ -86,7 +100,7 @@ func parseProcMemParams(p Params) (procMemOptions, error) {
 	}
 	if s := p["container"]; s != "" {
 		// A short id would match unrelated cgroup paths by accident.
-		if !procMemContainerID.MatchString(s) {
+		if !isProcMemContainerID(s) {
 			return bad("container %q: want an id of at least 12 characters (letters, digits, '-', '_', '.')", s)
 		}
 		o.container = s

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -528,5 +529,18 @@ func TestProcessMemoryRegistered(t *testing.T) {
 	_, err = k.Collect(context.Background(), procMemFakeEnv(), Params{"process_name": "^nothing-matches$"}, io.Discard)
 	if !errors.Is(err, ErrNoProcess) {
 		t.Errorf("empty selection: %v, want ErrNoProcess", err)
+	}
+}
+
+// TestIsProcMemContainerID holds the hand-written check to the regular
+// expression it replaced.
+func TestIsProcMemContainerID(t *testing.T) {
+	re := regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z_.-]{11,127}$`)
+	cases := []string{"", "abc", "0123456789ab", "_123456789ab", "a123456789a_", "a12345678.-_", "a1234567890", "9f86d081884c7d65",
+		"3f1b2c4d5e6f-1234567890", "a" + strings.Repeat("b", 127), "a" + strings.Repeat("b", 128), "abcdefghijk/", "abcdefghijkl\n", "ábcdefghijkl"}
+	for _, s := range cases {
+		if got, want := isProcMemContainerID(s), re.MatchString(s); got != want {
+			t.Errorf("isProcMemContainerID(%q) = %v, the expression says %v", s, got, want)
+		}
 	}
 }
