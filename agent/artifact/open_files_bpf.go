@@ -159,8 +159,11 @@ func readOpenFilesBPF(p snapProc, s *scratch, files *openFileCache, sockets bool
 	b := out.done()
 	if sp != nil {
 		if len(sp.sockets) > 0 {
+			// The name is the iterator's (the task's comm, as
+			// /proc/PID/comm shows it); the container needs the cgroup.
+			sp.name = fds[0].Comm
 			if h, err := openProc(p); err == nil {
-				sp.name, sp.container = socketOwnerNames(h, s)
+				sp.container = socketOwnerContainer(h, s)
 				h.close()
 			}
 		}

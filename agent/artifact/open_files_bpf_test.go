@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -125,10 +126,17 @@ func TestOpenFilesBPFMatchesProcfs(t *testing.T) {
 	if !strings.HasPrefix(res.Details["owners_from"], "open_files") {
 		t.Fatalf("sockets did not take its owners from open_files: %v", res.Details)
 	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
 	found := false
 	for _, r := range decodeLines[socketRecord](t, out) {
 		if r.Table == "tcp" && r.FD != nil && *r.FD == report["tcp_fd"] && r.PID != nil && *r.PID == pid {
 			found = true
+			if want := strings.TrimSuffix(string(comm), "\n"); r.Name != want {
+				t.Errorf("owner name %q from the bpf scan, /proc/%d/comm says %q", r.Name, pid, want)
+			}
 		}
 	}
 	if !found {

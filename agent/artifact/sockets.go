@@ -278,10 +278,15 @@ func socketOwnerNames(h procHandle, s *scratch) (name, container string) {
 	if b, _, err := h.read(s, "comm", 256); err == nil {
 		name = strings.TrimSuffix(string(b), "\n")
 	}
+	return name, socketOwnerContainer(h, s)
+}
+
+// socketOwnerContainer reads the container of a socket's owner.
+func socketOwnerContainer(h procHandle, s *scratch) string {
 	if b, _, err := h.read(s, "cgroup", maxSmallFile); err == nil {
-		container = parseCgroup(b).Container.ID
+		return parseCgroup(b).Container.ID
 	}
-	return name, container
+	return ""
 }
 
 // readNetNamespace emits every socket of namespace ns, read through member

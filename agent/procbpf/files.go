@@ -14,6 +14,7 @@ package procbpf
 
 import (
 	"bufio"
+	"bytes"
 	_ "embed"
 	"encoding/binary"
 	"errors"
@@ -39,10 +40,14 @@ type File struct {
 	Path  string // the link target
 	// PathErr is the errno d_path failed with (0: Path is valid).
 	PathErr syscall.Errno
+	Comm string // the process's /proc/PID/comm, without the newline
 }
 
 // recordSize is struct file_rec in files.bpf.c.
-const recordSize = 40
+const recordSize = 56
+
+// commLen is the kernel's TASK_COMM_LEN.
+const commLen = 16
 
 // maxPath bounds a record's path: the program's buffer.
 const maxPath = 4096
@@ -81,10 +86,33 @@ func AppendRecord(b []byte, f File) []byte {
 	b = le.AppendUint64(b, f.Inode)
 	b = le.AppendUint32(b, uint32(f.NetNS))
 	if f.PathErr != 0 {
-		return le.AppendUint32(b, uint32(-int32(f.PathErr)))
+		b = le.AppendUint32(b, uint32(-int32(f.PathErr)))
+	} else {
+		b = le.AppendUint32(b, uint32(len(f.Path)))
 	}
-	b = le.AppendUint32(b, uint32(len(f.Path)))
-	return append(b, f.Path...)
+	var comm [commLen]byte
+	copy(comm[:], f.Comm)
+	b = append(b, comm[:]...)
+	if f.PathErr == 0 {
+		b = append(b, f.Path...)
+	}
+	return b
+}
+
+// parseComm reads a NUL-padded TASK_COMM_LEN field. The kernel always
+// ends the name with a NUL inside it; bytes after the first NUL must be
+// NUL too, or the record is not what the program writes.
+func parseComm(b []byte) (string, error) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", fmt.Errorf("comm %q not NUL-terminated", b)
+	}
+	for _, c := range b[i:] {
+		if c != 0 {
+			return "", fmt.Errorf("comm %q has bytes after its end", b)
+		}
+	}
+	return string(b[:i]), nil
 }
 
 // Reader parses the iterator's records.
@@ -121,6 +149,11 @@ func (r *Reader) Next() (File, error) {
 		Inode: le.Uint64(r.hdr[24:]),
 		NetNS: uint64(le.Uint32(r.hdr[32:])),
 	}
+	comm, err := parseComm(r.hdr[40:56])
+	if err != nil {
+		return File{}, fmt.Errorf("bpf: record %d: %w", r.n, err)
+	}
+	f.Comm = comm
 	n := int32(le.Uint32(r.hdr[36:]))
 	switch {
 	case n < 0:

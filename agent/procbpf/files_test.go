@@ -13,9 +13,9 @@ import (
 )
 
 var sample = []File{
-	{PID: 1, FD: 0, Flags: 0o2, MntID: 25, Pos: 0, Inode: 7, NetNS: 4026531833, Path: "/dev/null"},
+	{PID: 1, FD: 0, Flags: 0o2, MntID: 25, Pos: 0, Inode: 7, NetNS: 4026531833, Path: "/dev/null", Comm: "systemd"},
 	{PID: 1, FD: 3, Flags: 0o2102001, MntID: 31, Pos: 1 << 40, Inode: 1 << 50, NetNS: 4026531833, Path: "/var/log/x (deleted)"},
-	{PID: 42, FD: 7, Flags: 0o2, MntID: 9, Inode: 99, NetNS: 4026532000, Path: "socket:[99]"},
+	{PID: 42, FD: 7, Flags: 0o2, MntID: 9, Inode: 99, NetNS: 4026532000, Path: "socket:[99]", Comm: "fifteen-bytes.."},
 	{PID: 42, FD: 8, PathErr: syscall.ENAMETOOLONG},
 	{PID: 43, FD: 1, Path: ""},
 }
@@ -44,6 +44,11 @@ func TestReaderRejects(t *testing.T) {
 	whole := AppendRecord(nil, sample[1])
 	long := AppendRecord(nil, File{PID: 1})
 	long[36], long[37] = 0x01, 0x20 // path length 8193
+	unterminated := AppendRecord(nil, File{PID: 1, Comm: "sixteen-bytes..!"})
+	trailing := AppendRecord(nil, File{PID: 1, Comm: "a"})
+	trailing[42] = 'x'
+	wide := AppendRecord(nil, File{PID: 1})
+	wide[36], wide[37], wide[38], wide[39] = 0, 0, 0, 0x80
 	for name, tc := range map[string]struct {
 		data []byte
 		want string
@@ -51,8 +56,10 @@ func TestReaderRejects(t *testing.T) {
 		"header cut":     {whole[:20], "truncated record"},
 		"path cut":       {whole[:len(whole)-3], "truncated record"},
 		"path too long":  {long, "path length 8193"},
-		"error too wide": {append(AppendRecord(nil, File{PID: 1})[:36], 0, 0, 0, 0x80), "out of range"},
+		"error too wide": {wide, "out of range"},
 		"nul in path":    {AppendRecord(nil, File{PID: 1, Path: "/a\x00b"}), "NUL in path"},
+		"comm unended":   {unterminated, "not NUL-terminated"},
+		"comm trailing":  {trailing, "bytes after its end"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := NewReader(bytes.NewReader(tc.data)).Next()
@@ -132,6 +139,13 @@ func TestOpenFilesLive(t *testing.T) {
 	}
 	if found == nil {
 		t.Fatalf("descriptor %d of pid %d not among %d records", f.Fd(), os.Getpid(), n)
+	}
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found.Comm != strings.TrimSuffix(string(comm), "\n") {
+		t.Errorf("comm %q, /proc/self/comm says %q", found.Comm, comm)
 	}
 	if found.Path != f.Name() || found.Pos != 12 || found.Inode != st.Ino || found.Flags&0o3 != 2 || found.Flags&syscall.O_CLOEXEC == 0 {
 		t.Errorf("record = %+v, want path %s, pos 12, inode %d, O_RDWR|O_CLOEXEC", *found, f.Name(), st.Ino)

@@ -68,6 +68,7 @@ struct task_struct {
 	int tgid;
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
+	char comm[16];
 } PAC;
 
 struct seq_file;
@@ -97,6 +98,7 @@ struct file_rec {
 	__u64 ino;
 	__u32 netns;
 	__s32 path_len; /* < 0: -errno from d_path */
+	char comm[16]; /* /proc/PID/comm, NUL-padded */
 };
 
 struct scratch {
@@ -149,6 +151,8 @@ int custody_files(struct bpf_iter__task_file *ctx)
 		s->r.mnt_id = BPF_CORE_READ(m, mnt_id);
 	}
 	s->r.netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+	__builtin_memset(s->r.comm, 0, sizeof(s->r.comm));
+	bpf_core_read_str(s->r.comm, sizeof(s->r.comm), &task->comm);
 
 	n = bpf_d_path(&file->f_path, s->path, sizeof(s->path));
 	if (n < 0) {
