@@ -40,7 +40,7 @@ type File struct {
 	Path  string // the link target
 	// PathErr is the errno d_path failed with (0: Path is valid).
 	PathErr syscall.Errno
-	Comm string // the process's /proc/PID/comm, without the newline
+	Comm    string // the process's /proc/PID/comm, without the newline
 }
 
 // recordSize is struct file_rec in files.bpf.c.
