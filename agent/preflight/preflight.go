@@ -38,7 +38,12 @@ const (
 	capSysRawio  = 17
 	capSysPtrace = 19
 	capSysAdmin  = 21
+	capPerfmon   = 38
+	capBPF       = 39
 )
+
+// initPIDNamespace is /proc/self/ns/pid in the initial PID namespace.
+const initPIDNamespace = "pid:[4026531836]"
 
 // Run checks the host. Every check is a read of procfs or sysfs: nothing
 // is loaded, nothing changes.
@@ -122,6 +127,7 @@ func Run(opts Options) []Check {
 	}
 	out = append(out, mods)
 
+	out = append(out, bpfCheck(proc, sys, st, stErr, artifact.LockdownMode(sys)))
 	out = append(out, kcoreCheck(filepath.Join(proc, "kcore")))
 	out = append(out, limeCheck(opts, limeDir, sig.OK && lockdown.OK))
 	return out
@@ -130,6 +136,35 @@ func Run(opts Options) []Check {
 // Checks runs the checks for env with the default LiME directory: what the
 // agent's hello reports.
 func Checks(env artifact.Env) []Check { return Run(Options{Env: env}) }
+
+// bpfCheck says whether processes and open_files can use their BPF
+// iterators, from what the kernel would require of a load (checked
+// without loading anything): the privilege, kernel BTF, a lockdown that
+// still lets BPF read kernel memory, and the initial PID namespace, whose
+// pids the iterators report.
+func bpfCheck(proc, sys string, st status, stErr error, lockdown string) Check {
+	c := Check{Name: "bpf_iterators"}
+	const fallback = ": processes and open_files read /proc instead (slower, same records)"
+	ns, nsErr := os.Readlink(filepath.Join(proc, "self/ns/pid"))
+	_, btfErr := os.Stat(filepath.Join(sys, "kernel/btf/vmlinux"))
+	switch {
+	case stErr != nil:
+		c.Detail = "unknown: " + stErr.Error()
+	case st.capEff&(1<<capSysAdmin) == 0 && st.capEff&(1<<capBPF|1<<capPerfmon) != 1<<capBPF|1<<capPerfmon:
+		c.Detail = "neither CAP_SYS_ADMIN nor CAP_BPF with CAP_PERFMON effective" + fallback
+	case lockdown == "confidentiality":
+		c.Detail = "lockdown=confidentiality forbids BPF reads of kernel memory" + fallback
+	case btfErr != nil:
+		c.Detail = "no kernel BTF (" + btfErr.Error() + ")" + fallback
+	case nsErr != nil:
+		c.Detail = "pid namespace unknown (" + nsErr.Error() + ")" + fallback
+	case ns != initPIDNamespace:
+		c.Detail = "not in the initial PID namespace (" + ns + "): the iterators' pids would not be this /proc's" + fallback
+	default:
+		c.OK, c.Detail = true, "processes and open_files read through BPF iterators (one pass in the kernel)"
+	}
+	return c
+}
 
 func kcoreCheck(path string) Check {
 	c := Check{Name: "kcore"}

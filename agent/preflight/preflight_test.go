@@ -46,6 +46,7 @@ func TestRun(t *testing.T) {
 			{"lockdown", true, "none"},
 			{"module_sig_enforce", true, "not enforced"},
 			{"modules_disabled", true, "module loading enabled"},
+			{"bpf_iterators", true, "processes and open_files read through BPF iterators (one pass in the kernel)"},
 			{"kcore", true, "testdata/open/proc/kcore readable"},
 			{"lime_module", true, filepath.Join(open.LimeDir, "6.1.0-test-amd64/lime.ko")},
 		}},
@@ -58,6 +59,7 @@ func TestRun(t *testing.T) {
 			{"lockdown", false, "confidentiality: /proc/kcore and unsigned modules are refused"},
 			{"module_sig_enforce", false, "enforced (module.sig_enforce=1 or Secure Boot): only signed modules load"},
 			{"modules_disabled", false, "kernel.modules_disabled=1: no module can be loaded until reboot"},
+			{"bpf_iterators", false, "lockdown=confidentiality forbids BPF reads of kernel memory: processes and open_files read /proc instead (slower, same records)"},
 			{"kcore", false, "open testdata/locked/proc/kcore: no such file or directory"},
 			{"lime_module", false, filepath.Join(locked.LimeDir, "6.1.0-test-amd64/lime.ko") + " is unsigned, and this kernel accepts only signed modules"},
 		}},
@@ -70,6 +72,7 @@ func TestRun(t *testing.T) {
 			{"lockdown", true, "no lockdown LSM"},
 			{"module_sig_enforce", true, "module signing not configured in this kernel"},
 			{"modules_disabled", true, "module loading enabled"},
+			{"bpf_iterators", false, "neither CAP_SYS_ADMIN nor CAP_BPF with CAP_PERFMON effective: processes and open_files read /proc instead (slower, same records)"},
 			{"kcore", false, "testdata/user/proc/kcore: read: EOF"},
 			{"lime_module", false, "no LiME module for this kernel 6.1.0-test-amd64 (" +
 				filepath.Join(user.LimeDir, "6.1.0-test-amd64/lime.ko") + ": not found; " + filepath.Join(user.LimeDir, "lime.ko") + ": not found)"},
