@@ -21,11 +21,7 @@ func (r openFileRecord) appendJSON(b []byte) []byte {
 	b = append(b, `{"pid":`...)
 	b = strconv.AppendInt(b, int64(r.PID), 10)
 	b = append(b, `,"fd":`...)
-	if r.FD == nil {
-		b = append(b, "null"...)
-	} else {
-		b = strconv.AppendInt(b, int64(*r.FD), 10)
-	}
+	b = appendJSONIntRef(b, r.FD)
 	b = appendJSONField(b, "path", r.Path)
 	b = appendJSONField(b, "type", r.Type)
 	b = append(b, `,"deleted":`...)
@@ -86,17 +82,9 @@ func (r memoryMapRecord) appendJSON(b []byte) []byte {
 
 func (r socketRecord) appendJSON(b []byte) []byte {
 	b = append(b, `{"pid":`...)
-	if r.PID == nil {
-		b = append(b, "null"...)
-	} else {
-		b = strconv.AppendInt(b, int64(*r.PID), 10)
-	}
+	b = appendJSONIntRef(b, r.PID)
 	b = append(b, `,"fd":`...)
-	if r.FD == nil {
-		b = append(b, "null"...)
-	} else {
-		b = strconv.AppendInt(b, int64(*r.FD), 10)
-	}
+	b = appendJSONIntRef(b, r.FD)
 	b = appendJSONField(b, "name", r.Name)
 	b = append(b, `,"socket":`...)
 	b = strconv.AppendUint(b, r.Socket, 10)
@@ -140,6 +128,13 @@ func appendJSONField(b []byte, key, value string) []byte {
 	b = append(b, key...)
 	b = append(b, '"', ':')
 	return appendJSONString(b, value)
+}
+
+func appendJSONIntRef(b []byte, v *int) []byte {
+	if v == nil {
+		return append(b, "null"...)
+	}
+	return strconv.AppendInt(b, int64(*v), 10)
 }
 
 func appendJSONIntPtr(b []byte, v *int64) []byte {

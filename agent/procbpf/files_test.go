@@ -83,22 +83,29 @@ func FuzzReader(f *testing.F) {
 	f.Add(b)
 	f.Add(b[:50])
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := NewReader(bytes.NewReader(data))
-		var again []byte
-		for {
-			rec, err := r.Next()
-			if err != nil {
-				if err == io.EOF && !bytes.Equal(again, data) {
-					t.Fatalf("records re-encode to %x, input was %x", again, data)
-				}
-				return
-			}
-			again = AppendRecord(again, rec)
-			if len(again) > len(data) {
-				t.Fatalf("parsed more bytes (%d) than given (%d)", len(again), len(data))
-			}
-		}
+		roundTrip(t, data, NewReader(bytes.NewReader(data)).Next, AppendRecord)
 	})
+}
+
+// roundTrip parses data with next until it fails and re-encodes every
+// record with enc: at io.EOF the bytes must come back whole, and no record
+// may reach past the input.
+func roundTrip[T any](t *testing.T, data []byte, next func() (T, error), enc func([]byte, T) []byte) {
+	t.Helper()
+	var again []byte
+	for {
+		rec, err := next()
+		if err != nil {
+			if err == io.EOF && !bytes.Equal(again, data) {
+				t.Fatalf("records re-encode to %x, input was %x", again, data)
+			}
+			return
+		}
+		again = enc(again, rec)
+		if len(again) > len(data) {
+			t.Fatalf("parsed more bytes (%d) than given (%d)", len(again), len(data))
+		}
+	}
 }
 
 // TestOpenFilesLive loads the iterator and finds this process's own

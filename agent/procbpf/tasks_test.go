@@ -62,21 +62,7 @@ func FuzzTaskReader(f *testing.F) {
 	f.Add(b)
 	f.Add(b[:40])
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := NewTaskReader(bytes.NewReader(data))
-		var again []byte
-		for {
-			rec, err := r.Next()
-			if err != nil {
-				if err == io.EOF && !bytes.Equal(again, data) {
-					t.Fatalf("records re-encode to %x, input was %x", again, data)
-				}
-				return
-			}
-			again = AppendTask(again, rec)
-			if len(again) > len(data) {
-				t.Fatalf("parsed more bytes (%d) than given (%d)", len(again), len(data))
-			}
-		}
+		roundTrip(t, data, NewTaskReader(bytes.NewReader(data)).Next, AppendTask)
 	})
 }
 
