@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -18,9 +21,11 @@ import (
 	custodyv1 "github.com/custodyhq/custody/proto/custody/v1"
 )
 
-// runTask captures a task's artifacts one after another — one capture at a
-// time keeps the agent's footprint on the host small and predictable — and
-// uploads each as it is produced, with nothing staged on disk.
+// runTask captures a task's artifacts and uploads each as it is produced,
+// with nothing staged on disk. Artifacts run in artifact.Stages: the light
+// ones (the snapshots, host) side by side, so that the views of the
+// host's volatile state are taken close together in time and both CPUs
+// the agent may use stay busy; each bulk artifact (memory, files) alone.
 func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custodyv1.SessionRequest) error) {
 	log := a.log.With("task", t.GetTaskId(), "case", t.GetCaseId())
 	if dl := t.GetDeadline(); dl != nil && dl.IsValid() {
@@ -42,31 +47,58 @@ func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custo
 	}
 	env := a.cfg.Env
 	env.Shared = artifact.NewShared(names)
-	for _, i := range artifact.RunOrder(names) {
-		req := reqs[i]
-		if ctx.Err() != nil {
+	stages, after := artifact.Stages(names)
+	for _, stage := range stages {
+		var wg sync.WaitGroup
+		var interrupted atomic.Bool
+		done := map[int]chan struct{}{}
+		for _, i := range stage {
+			done[i] = make(chan struct{})
+		}
+		for _, i := range stage {
+			wg.Go(func() {
+				defer close(done[i])
+				if j, ok := after[i]; ok {
+					<-done[j]
+				}
+				if ctx.Err() != nil || interrupted.Load() {
+					return
+				}
+				if !a.runArtifact(ctx, env, t.GetTaskId(), reqs[i], update, log) {
+					interrupted.Store(true)
+				}
+			})
+		}
+		wg.Wait()
+		if ctx.Err() != nil || interrupted.Load() {
 			return
 		}
-		start := time.Now()
-		res, err := a.capture(ctx, env, t.GetTaskId(), req, update)
-		if errors.Is(err, errAlreadyStored) {
-			log.Info("artifact already stored", "artifact", req.GetName())
-			continue
-		}
-		if ctx.Err() != nil || connectionLost(ctx, err) {
-			// The session broke: the collector keeps the task and resumes
-			// it on the next hello; reporting a failure would be wrong.
-			log.Info("artifact interrupted; will resume", "artifact", req.GetName(), "err", err)
-			return
-		}
-		if err != nil {
-			log.Warn("artifact failed", "artifact", req.GetName(), "err", err)
-			update(&custodyv1.TaskUpdate{Artifact: req.GetName(), State: custodyv1.ArtifactState_ARTIFACT_STATE_FAILED, Error: err.Error()})
-			continue
-		}
-		log.Info("artifact uploaded", "artifact", req.GetName(), "key", res.Key, "raw_bytes", res.RawSize,
-			"stored_bytes", res.StoredSize, "sha256", fmt.Sprintf("%x", res.RawSHA256), "took", time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// runArtifact captures and uploads one artifact of a task, reporting a
+// failure to the collector. It returns false when the session broke: the
+// collector keeps the task and resumes it on the next hello, so nothing
+// more of it should run now, and reporting a failure would be wrong.
+func (a *agent) runArtifact(ctx context.Context, env artifact.Env, taskID string, req *custodyv1.ArtifactRequest, update func(*custodyv1.TaskUpdate), log *slog.Logger) bool {
+	start := time.Now()
+	res, err := a.capture(ctx, env, taskID, req, update)
+	if errors.Is(err, errAlreadyStored) {
+		log.Info("artifact already stored", "artifact", req.GetName())
+		return true
+	}
+	if ctx.Err() != nil || connectionLost(ctx, err) {
+		log.Info("artifact interrupted; will resume", "artifact", req.GetName(), "err", err)
+		return false
+	}
+	if err != nil {
+		log.Warn("artifact failed", "artifact", req.GetName(), "err", err)
+		update(&custodyv1.TaskUpdate{Artifact: req.GetName(), State: custodyv1.ArtifactState_ARTIFACT_STATE_FAILED, Error: err.Error()})
+		return true
+	}
+	log.Info("artifact uploaded", "artifact", req.GetName(), "key", res.Key, "raw_bytes", res.RawSize,
+		"stored_bytes", res.StoredSize, "sha256", fmt.Sprintf("%x", res.RawSHA256), "took", time.Since(start).Round(time.Millisecond))
+	return true
 }
 
 // connectionLost reports whether err is the upload stream's connection

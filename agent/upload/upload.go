@@ -142,6 +142,12 @@ func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Option
 	s := &Stream{stream: st, cancel: cancel, slots: make(chan struct{}, opts.Window), opts: opts, recvDone: make(chan struct{}),
 		resumeAt: acc.GetResumeOffset(), resumeSum: acc.GetResumeSha256()}
 	size := chunk.MaxRawSize
+	if !opts.Bulk {
+		// Light artifacts (snapshots, a few megabytes of text) upload
+		// side by side: 1 MiB chunks keep their buffers small, and for so
+		// little data the per-message cost does not show.
+		size = lightChunkSize
+	}
 	if m := acc.GetMaxChunkSize(); m > 0 && m < int64(size) {
 		size = int(m)
 	}
@@ -153,6 +159,9 @@ func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Option
 	go s.receive()
 	return s, nil
 }
+
+// lightChunkSize is the raw chunk size of a non-bulk artifact's upload.
+const lightChunkSize = 1 << 20
 
 // recvCause: a failed Send only says EOF; the status is on Recv.
 func recvCause(st custodyv1.AgentService_UploadClient, sendErr error) error {
