@@ -315,7 +315,7 @@ func TestUploadVerifiedAndSealed(t *testing.T) {
 
 	data := make([]byte, 9<<20+123)
 	rand.Read(data[:3<<20])
-	up, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: int64(len(data))})
+	up, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: int64(len(data)), Bulk: true})
 	if err != nil {
 		t.Fatal(err)
 	}

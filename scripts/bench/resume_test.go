@@ -164,7 +164,7 @@ func BenchmarkLoad500Agents(b *testing.B) {
 			if i < big {
 				n = bigSize
 			}
-			up, err := upload.Start(ctx, cl, upload.Options{TaskID: m.GetTask().GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: n})
+			up, err := upload.Start(ctx, cl, upload.Options{TaskID: m.GetTask().GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: n, Bulk: true})
 			if err == nil {
 				_, err = io.Copy(up, io.LimitReader(rand.NewChaCha8([32]byte{byte(i)}), n))
 			}
