@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -80,6 +81,37 @@ func Stages(names []string) (stages [][]int, after map[int]int) {
 	}
 	flush()
 	return stages, after
+}
+
+// RunStages calls run(i) for every named artifact, in Stages: the
+// artifacts of a stage at the same time, one that comes after another of
+// its stage once that one returned. When a run returns false, nothing that
+// has not started yet starts.
+func RunStages(names []string, run func(i int) bool) {
+	stages, after := Stages(names)
+	var stop atomic.Bool
+	for _, stage := range stages {
+		var wg sync.WaitGroup
+		done := map[int]chan struct{}{}
+		for _, i := range stage {
+			done[i] = make(chan struct{})
+		}
+		for _, i := range stage {
+			wg.Go(func() {
+				defer close(done[i])
+				if j, ok := after[i]; ok {
+					<-done[j]
+				}
+				if !stop.Load() && !run(i) {
+					stop.Store(true)
+				}
+			})
+		}
+		wg.Wait()
+		if stop.Load() {
+			return
+		}
+	}
 }
 
 func (s *Shared) wantsSockets() bool { return s != nil }

@@ -8,7 +8,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -92,6 +94,33 @@ func TestStages(t *testing.T) {
 		if !slices.EqualFunc(got, tc.want, slices.Equal) || !maps.Equal(after, tc.after) {
 			t.Errorf("Stages(%q) = %v, %v; want %v, %v", tc.names, got, after, tc.want, tc.after)
 		}
+	}
+}
+
+func TestRunStages(t *testing.T) {
+	names := []string{"processes", "sockets", "open_files", "physical_memory", "host"}
+	run := func(stopAt string) []string {
+		var mu sync.Mutex
+		var order []string
+		RunStages(names, func(i int) bool {
+			if names[i] == "open_files" {
+				time.Sleep(20 * time.Millisecond) // sockets must still wait for it
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, names[i])
+			return names[i] != stopAt
+		})
+		return order
+	}
+	order := run("")
+	pos := func(name string) int { return slices.Index(order, name) }
+	if len(order) != len(names) || pos("sockets") < pos("open_files") || pos("physical_memory") < pos("processes") ||
+		pos("physical_memory") < pos("sockets") || pos("host") < pos("physical_memory") {
+		t.Errorf("ran %q", order)
+	}
+	if order := run("physical_memory"); slices.Contains(order, "host") || len(order) != 4 {
+		t.Errorf("after a run returned false: ran %q, want host not started", order)
 	}
 }
 

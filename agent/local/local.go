@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/custodyhq/custody/agent/artifact"
@@ -77,24 +76,10 @@ func Collect(ctx context.Context, opts Options, reqs []Request) (*manifest.Manif
 	}
 	opts.Env.Shared = artifact.NewShared(names)
 	m.Artifacts = make([]manifest.Artifact, len(reqs))
-	stages, after := artifact.Stages(names)
-	for _, stage := range stages {
-		var wg sync.WaitGroup
-		done := map[int]chan struct{}{}
-		for _, i := range stage {
-			done[i] = make(chan struct{})
-		}
-		for _, i := range stage {
-			wg.Go(func() {
-				defer close(done[i])
-				if j, ok := after[i]; ok {
-					<-done[j]
-				}
-				m.Artifacts[i] = capture(ctx, opts, reqs[i])
-			})
-		}
-		wg.Wait()
-	}
+	artifact.RunStages(names, func(i int) bool {
+		m.Artifacts[i] = capture(ctx, opts, reqs[i])
+		return true
+	})
 	complete := 0
 	for _, a := range m.Artifacts {
 		if a.State == "complete" {

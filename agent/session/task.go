@@ -9,8 +9,6 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -47,33 +45,9 @@ func (a *agent) runTask(ctx context.Context, t *custodyv1.Task, send func(*custo
 	}
 	env := a.cfg.Env
 	env.Shared = artifact.NewShared(names)
-	stages, after := artifact.Stages(names)
-	for _, stage := range stages {
-		var wg sync.WaitGroup
-		var interrupted atomic.Bool
-		done := map[int]chan struct{}{}
-		for _, i := range stage {
-			done[i] = make(chan struct{})
-		}
-		for _, i := range stage {
-			wg.Go(func() {
-				defer close(done[i])
-				if j, ok := after[i]; ok {
-					<-done[j]
-				}
-				if ctx.Err() != nil || interrupted.Load() {
-					return
-				}
-				if !a.runArtifact(ctx, env, t.GetTaskId(), reqs[i], update, log) {
-					interrupted.Store(true)
-				}
-			})
-		}
-		wg.Wait()
-		if ctx.Err() != nil || interrupted.Load() {
-			return
-		}
-	}
+	artifact.RunStages(names, func(i int) bool {
+		return ctx.Err() == nil && a.runArtifact(ctx, env, t.GetTaskId(), reqs[i], update, log)
+	})
 }
 
 // runArtifact captures and uploads one artifact of a task, reporting a
