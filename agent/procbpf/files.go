@@ -115,6 +115,31 @@ func parseComm(b []byte) (string, error) {
 	return string(b[:i]), nil
 }
 
+// readPath reads the path a record's length field n announces: -errno when
+// n is negative, nothing when it is 0, else n bytes (at most max), which
+// may hold no NUL.
+func readPath(br *bufio.Reader, buf []byte, n int32, max int) (string, syscall.Errno, error) {
+	switch {
+	case n < 0:
+		if n < -4095 {
+			return "", 0, fmt.Errorf("path error %d out of range", n)
+		}
+		return "", syscall.Errno(-n), nil
+	case int(n) > max:
+		return "", 0, fmt.Errorf("path length %d over %d", n, max)
+	case n == 0:
+		return "", 0, nil
+	}
+	if _, err := io.ReadFull(br, buf[:n]); err != nil {
+		return "", 0, fmt.Errorf("%w: path: %w", ErrTruncated, err)
+	}
+	path := string(buf[:n])
+	if strings.IndexByte(path, 0) >= 0 {
+		return "", 0, fmt.Errorf("NUL in path %q", path)
+	}
+	return path, 0, nil
+}
+
 // Reader parses the iterator's records.
 type Reader struct {
 	br  *bufio.Reader
@@ -154,23 +179,8 @@ func (r *Reader) Next() (File, error) {
 		return File{}, fmt.Errorf("bpf: record %d: %w", r.n, err)
 	}
 	f.Comm = comm
-	n := int32(le.Uint32(r.hdr[36:]))
-	switch {
-	case n < 0:
-		if n < -4095 {
-			return File{}, fmt.Errorf("bpf: record %d: path error %d out of range", r.n, n)
-		}
-		f.PathErr = syscall.Errno(-n)
-	case n > maxPath:
-		return File{}, fmt.Errorf("bpf: record %d: path length %d over %d", r.n, n, maxPath)
-	case n > 0:
-		if _, err := io.ReadFull(r.br, r.buf[:n]); err != nil {
-			return File{}, fmt.Errorf("%w: record %d path: %w", ErrTruncated, r.n, err)
-		}
-		f.Path = string(r.buf[:n])
-		if strings.IndexByte(f.Path, 0) >= 0 {
-			return File{}, fmt.Errorf("bpf: record %d: NUL in path %q", r.n, f.Path)
-		}
+	if f.Path, f.PathErr, err = readPath(r.br, r.buf, int32(le.Uint32(r.hdr[36:])), maxPath); err != nil {
+		return File{}, fmt.Errorf("bpf: record %d: %w", r.n, err)
 	}
 	r.n++
 	return f, nil

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"strings"
 	"syscall"
 )
 
@@ -141,23 +140,9 @@ func (r *TaskReader) Next() (Task, error) {
 		s   *string
 		err *syscall.Errno
 	}{{&t.Exe, &t.ExeErr}, {&t.Cwd, &t.CwdErr}, {&t.Root, &t.RootErr}} {
-		n := int32(le.Uint32(r.hdr[off+4+4*i:]))
-		switch {
-		case n < 0:
-			if n < -4095 {
-				return Task{}, fmt.Errorf("bpf: task record %d: path error %d out of range", r.n, n)
-			}
-			*dst.err = syscall.Errno(-n)
-		case n >= maxPath:
-			return Task{}, fmt.Errorf("bpf: task record %d: path length %d over %d", r.n, n, maxPath-1)
-		case n > 0:
-			if _, err := io.ReadFull(r.br, r.buf[:n]); err != nil {
-				return Task{}, fmt.Errorf("%w: task record %d path: %w", ErrTruncated, r.n, err)
-			}
-			*dst.s = string(r.buf[:n])
-			if strings.IndexByte(*dst.s, 0) >= 0 {
-				return Task{}, fmt.Errorf("bpf: task record %d: NUL in path %q", r.n, *dst.s)
-			}
+		var err error
+		if *dst.s, *dst.err, err = readPath(r.br, r.buf, int32(le.Uint32(r.hdr[off+4+4*i:])), maxPath-1); err != nil {
+			return Task{}, fmt.Errorf("bpf: task record %d: %w", r.n, err)
 		}
 	}
 	r.n++
