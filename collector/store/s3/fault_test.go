@@ -80,6 +80,13 @@ func TestS3Faults(t *testing.T) {
 		// retried Complete finds the object, and it is ours.
 		{name: "complete-response-lost", decide: firstAttempts(1, s3test.Fault{Kind: s3test.DropResponse}, "CompleteMultipartUpload"),
 			kind: s3test.DropResponse},
+		// The server started the upload but the answer was lost: the
+		// retried Create starts a second one, and the first, which nothing
+		// would ever complete or abort, must not be left behind.
+		{name: "create-response-lost", decide: firstAttempts(1, s3test.Fault{Kind: s3test.DropResponse}, "CreateMultipartUpload"),
+			kind: s3test.DropResponse},
+		{name: "create-response-stalled", decide: firstAttempts(2, s3test.Fault{Kind: s3test.Stall, After: 1 << 30, For: 20 * time.Second}, "CreateMultipartUpload"),
+			kind: s3test.Stall},
 		{name: "put-response-lost", decide: firstAttempts(1, s3test.Fault{Kind: s3test.DropResponse}, "PutObject"),
 			kind: s3test.DropResponse, size: 1000},
 		{name: "part-response-lost", decide: firstAttempts(1, s3test.Fault{Kind: s3test.DropResponse}, "UploadPart"),

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -208,12 +210,51 @@ func (w *writer) startUpload(ctx context.Context) error {
 		ContentType: c.contentType, Tagging: c.tagging, ServerSideEncryption: c.sse, SSEKMSKeyId: c.kmsKeyID,
 		ObjectLockMode: c.lockMode, ObjectLockRetainUntilDate: c.retainUntil, ObjectLockLegalHoldStatus: c.legalHold,
 	}
+	start := time.Now()
 	out, err := w.s.client.CreateMultipartUpload(ctx, in)
 	if err != nil {
+		w.s.abortStrays(ctx, w.obj, "", start)
 		return fmt.Errorf("s3: write %s: start multipart upload: %w", w.key, err)
 	}
 	w.uploadID = aws.ToString(out.UploadId)
+	if r, ok := retry.GetAttemptResults(out.ResultMetadata); ok && len(r.Results) > 1 {
+		w.s.abortStrays(ctx, w.obj, w.uploadID, start)
+	}
 	return nil
+}
+
+// abortStrays aborts the multipart uploads of obj, other than ours, that a
+// CreateMultipartUpload begun at start may have started. An attempt whose
+// answer was lost or late still starts an upload; the retry that answered
+// (or the error) does not name it, and nothing would ever complete or
+// abort it. Only uploads of exactly obj that S3 initiated since start, by
+// S3's own clock, are touched: a key has one writer, so those can only be
+// this call's. Failing here loses no evidence: the collector's sweep at
+// its next start aborts what is left.
+func (s *Store) abortStrays(ctx context.Context, obj, ours string, start time.Time) {
+	const slack = 2 * time.Second // S3's Initiated may be truncated to the second
+	out, err := s.client.ListMultipartUploads(ctx, &s3api.ListMultipartUploadsInput{Bucket: &s.cfg.Bucket, Prefix: &obj})
+	if err != nil {
+		s.log.Warn("could not look for multipart uploads started by a retried create", "key", obj, "err", err)
+		return
+	}
+	now, ok := awsmiddleware.GetServerTime(out.ResultMetadata)
+	if !ok {
+		s.log.Warn("could not look for multipart uploads started by a retried create: S3 sent no Date", "key", obj)
+		return
+	}
+	from := now.Add(-time.Since(start) - slack)
+	for _, u := range out.Uploads {
+		id, at := aws.ToString(u.UploadId), aws.ToTime(u.Initiated)
+		if aws.ToString(u.Key) != obj || id == ours || at.Before(from) || at.After(now.Add(slack)) {
+			continue
+		}
+		if err := s.abortUpload(ctx, obj, id); err != nil {
+			s.log.Warn("could not abort a multipart upload started by a retried create", "key", obj, "upload_id", id, "err", err)
+			continue
+		}
+		s.log.Info("aborted a multipart upload started by a retried create", "key", obj, "upload_id", id)
+	}
 }
 
 // controls are the evidence controls every object gets, whether it is
