@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/custodyhq/custody/internal/sha256x2"
 	"github.com/custodyhq/custody/internal/source"
 )
 
@@ -96,7 +95,7 @@ func (f *FS) Create(ctx context.Context, key string, _ CreateOptions) (Writer, e
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", key, err)
 	}
-	return &fsWriter{store: f, key: key, final: f.path(key), tmp: tmp.Name(), f: tmp, h: sha256.New()}, nil
+	return &fsWriter{store: f, key: key, final: f.path(key), tmp: tmp.Name(), f: tmp, h: NewDigest(sha256.New())}, nil
 }
 
 // mkdirs creates the directories of a key's dir (case/agent/collection)
@@ -285,7 +284,7 @@ type fsWriter struct {
 
 	mu        sync.Mutex
 	f         *os.File // nil once the write is finished
-	h         hash.Hash
+	h         *Digest
 	n         int64
 	broken    error // a Write failed part way: the file no longer ends on a Write boundary
 	committed *Info
@@ -305,11 +304,7 @@ func (w *fsWriter) WriteTee(p []byte, h hash.Hash) (int, error) {
 		return 0, w.broken
 	}
 	n, err := w.f.Write(p)
-	if h != nil {
-		sha256x2.WriteBoth(w.h, h, p[:n])
-	} else {
-		w.h.Write(p[:n])
-	}
+	w.h.Write(p[:n], h)
 	w.n += int64(n)
 	if err != nil {
 		w.broken = fmt.Errorf("store: write %s: %w", w.key, err)
@@ -346,7 +341,7 @@ func (w *fsWriter) commit(ctx context.Context, size int64, sum []byte) (Info, er
 	if w.broken != nil {
 		return Info{}, w.broken
 	}
-	got := w.h.Sum(nil)
+	got := w.h.Sum()
 	if size != w.n || !bytes.Equal(sum, got) {
 		return Info{}, fmt.Errorf("%w: %s: want %d bytes sha256 %x, wrote %d bytes sha256 %x",
 			ErrDigestMismatch, w.key, size, sum, w.n, got)

@@ -49,7 +49,7 @@ func (w *fsWriter) Checkpoint(ctx context.Context) ([]byte, int64, error) {
 	if err := w.f.Sync(); err != nil {
 		return nil, 0, fmt.Errorf("store: checkpoint %s: %w", w.key, err)
 	}
-	hs, err := MarshalHash(w.h)
+	hs, err := w.h.MarshalBinary()
 	if err != nil {
 		return nil, 0, err
 	}
@@ -131,7 +131,7 @@ func (f *FS) Resume(ctx context.Context, key string, state []byte) (ResumableWri
 		file.Close()
 		return nil, 0, fmt.Errorf("store: resume %s: %w", key, err)
 	}
-	return &fsWriter{store: f, key: key, final: f.path(key), tmp: tmp, f: file, h: h, n: st.Size}, st.Size, nil
+	return &fsWriter{store: f, key: key, final: f.path(key), tmp: tmp, f: file, h: NewDigest(h), n: st.Size}, st.Size, nil
 }
 
 // Sweep implements Sweeper: it removes partial files last written before

@@ -162,7 +162,7 @@ func (s *Store) Resume(ctx context.Context, key string, checkpoint []byte) (stor
 	}
 	w.uploadID, w.expected = st.UploadID, st.Expected
 	w.partSize, w.growFrom, w.growEvery = st.PartSize, st.GrowFrom, st.GrowEvery
-	w.h, w.n = h, st.Size
+	w.h, w.n = store.NewDigest(h), st.Size
 	for _, sp := range st.Parts {
 		got, ok := uploaded[sp.N]
 		if !ok || got.size != sp.Size || unquote(got.etag) != unquote(sp.ETag) || (got.sha256 != "" && got.sha256 != *b64(sp.SHA256)) {

@@ -20,7 +20,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/custodyhq/custody/collector/store"
-	"github.com/custodyhq/custody/internal/sha256x2"
 )
 
 // Create implements store.Store. Nothing is sent until the first part is
@@ -48,7 +47,7 @@ func (s *Store) newWriter(ctx context.Context, key string) *writer {
 	// Parts are sent under the context of the upload that created the
 	// writer (its values, its end) and end early on Abort.
 	wctx, cancel := context.WithCancel(ctx)
-	return &writer{s: s, key: key, obj: s.objectKey(key), ctx: wctx, cancel: cancel, h: sha256.New()}
+	return &writer{s: s, key: key, obj: s.objectKey(key), ctx: wctx, cancel: cancel, h: store.NewDigest(sha256.New())}
 }
 
 // partSizing chooses the part size for an object of about expected bytes:
@@ -97,7 +96,7 @@ type writer struct {
 	growFrom, growEvery  int32
 
 	op        sync.Mutex // held by Write, Commit, Checkpoint and Abort
-	h         hash.Hash  // SHA-256 of everything written
+	h         *store.Digest // SHA-256 of everything written
 	n         int64
 	buf       *part // part being filled
 	uploadID  string
@@ -152,11 +151,7 @@ func (w *writer) WriteTee(p []byte, h hash.Hash) (int, error) {
 		// overdraft of less than one Write.
 		w.buf.reserved += over
 	}
-	if h != nil {
-		sha256x2.WriteBoth(w.h, h, p)
-	} else {
-		w.h.Write(p)
-	}
+	w.h.Write(p, h)
 	w.n += int64(len(p))
 	if w.buf.size >= w.partSizeFor(int32(len(w.parts)+1)) {
 		if err := w.seal(w.ctx); err != nil {
@@ -186,7 +181,7 @@ func (w *writer) seal(ctx context.Context) error {
 	p := w.buf
 	w.buf = nil
 	p.num = int32(len(w.parts) + 1)
-	hs, err := store.MarshalHash(w.h)
+	hs, err := w.h.MarshalBinary()
 	if err != nil {
 		w.s.budget.Release(p.reserved)
 		p.release()
@@ -371,7 +366,7 @@ func (w *writer) commit(ctx context.Context, size int64, sum []byte) (store.Info
 	if err := w.failure(); err != nil {
 		return store.Info{}, err
 	}
-	got := w.h.Sum(nil)
+	got := w.h.Sum()
 	if size != w.n || !bytes.Equal(sum, got) {
 		return store.Info{}, fmt.Errorf("%w: %s: want %d bytes sha256 %x, wrote %d bytes sha256 %x",
 			store.ErrDigestMismatch, w.key, size, sum, w.n, got)
