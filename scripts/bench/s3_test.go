@@ -2,8 +2,11 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	s3api "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -35,7 +39,9 @@ import (
 // The artifact is random, so the collector stores as many bytes as
 // PutObject sends. Reported: MiB/s of each, the S3 rate as a fraction of
 // PutObject's (target ≥ 0.7) and of fs's, and the collector's peak RSS
-// (target < 256 MiB). On one small machine the agent, the collector and
+// (target < 256 MiB). Also reported: the SDK's plain multipart upload of
+// the same bytes, the server's multipart cost without agent or collector.
+// On one small machine the agent, the collector and
 // the server share the cores, which a deployment does not.
 func BenchmarkS3Ingest(b *testing.B) {
 	for _, tc := range []struct {
@@ -100,6 +106,30 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 	}
 	ceiling := putObjects()
 
+	// The store's own multipart cost: the same bytes as the SDK's plain
+	// multipart upload with the collector's part size and parts in flight
+	// (8 MiB, 8), its defaults otherwise. No agent, no collector: what
+	// versitygw's multipart path costs by itself, which includes a
+	// CompleteMultipartUpload that copies every part into the object.
+	multipart := func() time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make([]error, agents)
+		for i := range agents {
+			wg.Go(func() { errs[i] = sdkMultipart(ctx, client, bucket, fmt.Sprintf("multipart/%d", i), src, size) })
+		}
+		wg.Wait()
+		d := time.Since(start)
+		for i, err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+			client.DeleteObject(ctx, &s3api.DeleteObjectInput{Bucket: &bucket, Key: aws.String(fmt.Sprintf("multipart/%d", i))})
+		}
+		return d
+	}
+	mpCeiling := multipart()
+
 	for _, kv := range srv.Env() {
 		k, v, _ := strings.Cut(kv, "=")
 		b.Setenv(k, v)
@@ -119,15 +149,21 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 		})
 	ceiling = min(ceiling, putObjects())
 	ceilingRate := total / s3BenchMiB / ceiling.Seconds()
+	mpCeiling = min(mpCeiling, multipart())
+	mpRate := total / s3BenchMiB / mpCeiling.Seconds()
 
 	b.ReportMetric(s3Rate, "MiB/s")
 	b.ReportMetric(ceilingRate, "putobject_MiB/s")
 	b.ReportMetric(s3Rate/ceilingRate, "x_of_putobject")
+	b.ReportMetric(mpRate, "sdk_multipart_MiB/s")
+	b.ReportMetric(mpRate/ceilingRate, "sdk_multipart_x_of_putobject")
+	b.ReportMetric(s3Rate/mpRate, "x_of_sdk_multipart")
 	b.ReportMetric(fsRate, "fs_MiB/s")
 	b.ReportMetric(s3Rate/fsRate, "x_of_fs")
 	b.ReportMetric(s3Peak, "collector_peak_MiB")
-	b.Logf("%d agent(s) × %d MiB: to S3 %.0f MiB/s, collector peak RSS %.0f MiB | plain PutObject %.0f MiB/s (S3 ingest %.2fx of it) | to fs on the same tmpfs %.0f MiB/s, peak RSS %.0f MiB (S3 ingest %.2fx of it)",
-		agents, size/s3BenchMiB, s3Rate, s3Peak, ceilingRate, s3Rate/ceilingRate, fsRate, fsPeak, s3Rate/fsRate)
+	b.Logf("%d agent(s) × %d MiB: to S3 %.0f MiB/s, collector peak RSS %.0f MiB | plain PutObject %.0f MiB/s (S3 ingest %.2fx of it) | "+
+		"SDK multipart alone %.0f MiB/s (%.2fx of PutObject; S3 ingest %.2fx of it) | to fs on the same tmpfs %.0f MiB/s, peak RSS %.0f MiB (S3 ingest %.2fx of it)",
+		agents, size/s3BenchMiB, s3Rate, s3Peak, ceilingRate, s3Rate/ceilingRate, mpRate, mpRate/ceilingRate, s3Rate/mpRate, fsRate, fsPeak, s3Rate/fsRate)
 }
 
 // s3BenchCollect runs b.N collections of src on agents agents against a
@@ -244,4 +280,47 @@ func s3BenchResponder(b *testing.B, c *e2e.Cluster) custodyv1.ResponderServiceCl
 	}
 	b.Cleanup(func() { cc.Close() })
 	return custodyv1.NewResponderServiceClient(cc)
+}
+
+// sdkMultipart uploads size bytes of src to key as the SDK's plain
+// multipart upload: 8 MiB parts (the collector's default), 8 in flight.
+func sdkMultipart(ctx context.Context, client *s3api.Client, bucket, key, src string, size int64) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	up, err := client.CreateMultipartUpload(ctx, &s3api.CreateMultipartUploadInput{Bucket: &bucket, Key: &key})
+	if err != nil {
+		return err
+	}
+	const partSize, inFlight = 8 << 20, 8
+	n := int((size + partSize - 1) / partSize)
+	parts := make([]types.CompletedPart, n)
+	errs := make([]error, n)
+	sem := make(chan struct{}, inFlight)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			off := int64(i) * partSize
+			l := min(partSize, size-off)
+			out, err := client.UploadPart(ctx, &s3api.UploadPartInput{Bucket: &bucket, Key: &key, UploadId: up.UploadId,
+				PartNumber: aws.Int32(int32(i + 1)), Body: io.NewSectionReader(f, off, l), ContentLength: aws.Int64(l)})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			parts[i] = types.CompletedPart{PartNumber: aws.Int32(int32(i + 1)), ETag: out.ETag, ChecksumCRC32: out.ChecksumCRC32}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		client.AbortMultipartUpload(ctx, &s3api.AbortMultipartUploadInput{Bucket: &bucket, Key: &key, UploadId: up.UploadId})
+		return err
+	}
+	_, err = client.CompleteMultipartUpload(ctx, &s3api.CompleteMultipartUploadInput{Bucket: &bucket, Key: &key, UploadId: up.UploadId,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
+	return err
 }
