@@ -101,13 +101,15 @@ func (s *Server) Register(g *grpc.Server) {
 const MaxMessageSize = chunk.MaxFrameSize + 64<<10
 
 // ServerOptions are the gRPC options the services rely on: authorization
-// from the verified certificate, the message size bound, and keepalives
+// from the verified certificate, the message size bound, the codec that
+// recycles chunk buffers, and keepalives
 // that survive an NLB's 350 s idle timeout.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unaryAuth),
 		grpc.ChainStreamInterceptor(streamAuth),
 		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.ForceServerCodecV2(codec{}),
 		// Fixed flow-control windows instead of gRPC's BDP estimate, which
 		// grows each stream's to 16 MiB: what an agent may send ahead of
 		// the collector's reading is then bounded per upload, not by the

@@ -240,7 +240,9 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		switch m := msg.Msg.(type) {
 		case *custodyv1.UploadRequest_Chunk:
 			ch := m.Chunk
-			if err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(), SHA256: ch.GetSha256(), Data: ch.GetData()}); err != nil {
+			err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(), SHA256: ch.GetSha256(), Data: ch.GetData()})
+			releaseChunk(ch) // written or refused: its data is not needed again
+			if err != nil {
 				return err
 			}
 			sinceCheckpoint += ch.GetRawLength()
