@@ -104,7 +104,12 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 		}
 		return d
 	}
+	// CPU time, for where the machine's two cores go: the SDK's (this
+	// process's, which does nothing else meanwhile) and the server's.
+	self, server := os.Getpid(), srv.Pid()
+	cpu0, srv0 := cpuSeconds(self), cpuSeconds(server)
 	ceiling := putObjects()
+	putCPU := cpuSeconds(self) - cpu0 + cpuSeconds(server) - srv0
 
 	// The store's own multipart cost: the same bytes as the SDK's plain
 	// multipart upload with the collector's part size and parts in flight
@@ -139,14 +144,16 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 		b.Fatal(err)
 	}
 	defer os.RemoveAll(fsDir)
-	fsRate, fsPeak := s3BenchCollect(b, agents, size, src, fmt.Sprintf("store:\n  type: fs\n  dir: %s\n", fsDir), func(*custodyv1.ArtifactStatus) {
+	fsRate, fsPeak, _ := s3BenchCollect(b, agents, size, src, fmt.Sprintf("store:\n  type: fs\n  dir: %s\n", fsDir), func(*custodyv1.ArtifactStatus) {
 		os.RemoveAll(fsDir)
 	})
-	s3Rate, s3Peak := s3BenchCollect(b, agents, size, src,
+	srv0 = cpuSeconds(server)
+	s3Rate, s3Peak, s3CPU := s3BenchCollect(b, agents, size, src,
 		fmt.Sprintf("store:\n  type: s3\n  bucket: %s\n  prefix: evidence\n  endpoint: %s\n  path_style: true\n", bucket, srv.Endpoint),
 		func(a *custodyv1.ArtifactStatus) {
 			client.DeleteObject(ctx, &s3api.DeleteObjectInput{Bucket: &bucket, Key: aws.String("evidence/" + a.GetKey())})
 		})
+	serverCPU := cpuSeconds(server) - srv0
 	ceiling = min(ceiling, putObjects())
 	ceilingRate := total / s3BenchMiB / ceiling.Seconds()
 	mpCeiling = min(mpCeiling, multipart())
@@ -161,16 +168,28 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 	b.ReportMetric(fsRate, "fs_MiB/s")
 	b.ReportMetric(s3Rate/fsRate, "x_of_fs")
 	b.ReportMetric(s3Peak, "collector_peak_MiB")
+	gib := total / (1 << 30)        // one PutObject round
+	ingestGiB := gib * float64(b.N) // b.N collections
+	b.ReportMetric(putCPU/gib, "putobject_cpu_s/GiB")
+	b.ReportMetric(s3CPU.agents/ingestGiB, "agents_cpu_s/GiB")
+	b.ReportMetric(s3CPU.collector/ingestGiB, "collector_cpu_s/GiB")
+	b.ReportMetric(serverCPU/ingestGiB, "server_cpu_s/GiB")
+	b.Logf("CPU seconds per GiB: PutObject (SDK + server) %.2f | S3 ingest: agents %.2f + collector %.2f + server %.2f = %.2f",
+		putCPU/gib, s3CPU.agents/ingestGiB, s3CPU.collector/ingestGiB, serverCPU/ingestGiB, (s3CPU.agents+s3CPU.collector+serverCPU)/ingestGiB)
 	b.Logf("%d agent(s) × %d MiB: to S3 %.0f MiB/s, collector peak RSS %.0f MiB | plain PutObject %.0f MiB/s (S3 ingest %.2fx of it) | "+
 		"SDK multipart alone %.0f MiB/s (%.2fx of PutObject; S3 ingest %.2fx of it) | to fs on the same tmpfs %.0f MiB/s, peak RSS %.0f MiB (S3 ingest %.2fx of it)",
 		agents, size/s3BenchMiB, s3Rate, s3Peak, ceilingRate, s3Rate/ceilingRate, mpRate, mpRate/ceilingRate, s3Rate/mpRate, fsRate, fsPeak, s3Rate/fsRate)
 }
 
+// benchCPU is the CPU seconds agents and collector spent.
+type benchCPU struct{ agents, collector float64 }
+
 // s3BenchCollect runs b.N collections of src on agents agents against a
 // collector whose configuration file is storeYAML, and returns the rate in
-// MiB/s and the collector's peak RSS in MiB. clean is called on every
-// stored artifact between iterations.
-func s3BenchCollect(b *testing.B, agents int, size int64, src, storeYAML string, clean func(*custodyv1.ArtifactStatus)) (float64, float64) {
+// MiB/s, the collector's peak RSS in MiB and the CPU time of the agents and
+// the collector. clean is called on every stored artifact between
+// iterations.
+func s3BenchCollect(b *testing.B, agents int, size int64, src, storeYAML string, clean func(*custodyv1.ArtifactStatus)) (float64, float64, benchCPU) {
 	ctx := b.Context()
 	c := e2e.NewCluster(b, bin)
 	config := filepath.Join(c.Dir, "collector.yaml")
@@ -257,11 +276,13 @@ func s3BenchCollect(b *testing.B, agents int, size int64, src, storeYAML string,
 	if err != nil {
 		b.Fatal(err)
 	}
+	cpu := benchCPU{collector: cpuSeconds(collector.Pid())}
 	for _, p := range procs {
+		cpu.agents += cpuSeconds(p.Pid())
 		p.Stop()
 	}
 	collector.Stop()
-	return float64(size) * float64(agents) * float64(b.N) / s3BenchMiB / took.Seconds(), float64(peak) / s3BenchMiB
+	return float64(size) * float64(agents) * float64(b.N) / s3BenchMiB / took.Seconds(), float64(peak) / s3BenchMiB, cpu
 }
 
 func s3BenchResponder(b *testing.B, c *e2e.Cluster) custodyv1.ResponderServiceClient {

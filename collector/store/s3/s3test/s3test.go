@@ -202,6 +202,9 @@ func (s *Server) waitReady(timeout time.Duration) error {
 	return fmt.Errorf("not answering after %s", timeout)
 }
 
+// Pid is the server process's id (a benchmark reads its CPU time).
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Stop kills the server and waits for it to exit.
 func (s *Server) Stop() {
 	select {
