@@ -139,4 +139,3 @@ func releaseChunk(c *custodyv1.Chunk) {
 	c.Data = nil
 	chunkBuffers.Put(&b)
 }
-

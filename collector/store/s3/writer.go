@@ -95,7 +95,7 @@ type writer struct {
 	partSize             int64
 	growFrom, growEvery  int32
 
-	op        sync.Mutex // held by Write, Commit, Checkpoint and Abort
+	op        sync.Mutex    // held by Write, Commit, Checkpoint and Abort
 	h         *store.Digest // SHA-256 of everything written
 	n         int64
 	buf       *part // part being filled
