@@ -77,22 +77,14 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 	}
 	total := float64(size) * float64(agents)
 
-	// The ceiling: the SDK's own PutObject, with its defaults, one
-	// request per agent's worth of bytes, all at once.
-	putObjects := func() time.Duration {
+	// uploadAll times one upload per agent's worth of bytes, all at once,
+	// to prefix/0, prefix/1, ..., then deletes what they stored.
+	uploadAll := func(prefix string, upload func(key string) error) time.Duration {
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make([]error, agents)
 		for i := range agents {
-			wg.Go(func() {
-				f, err := os.Open(src)
-				if err != nil {
-					errs[i] = err
-					return
-				}
-				defer f.Close()
-				_, errs[i] = client.PutObject(ctx, &s3api.PutObjectInput{Bucket: &bucket, Key: aws.String(fmt.Sprintf("ceiling/%d", i)), Body: f, ContentLength: aws.Int64(size)})
-			})
+			wg.Go(func() { errs[i] = upload(fmt.Sprintf("%s/%d", prefix, i)) })
 		}
 		wg.Wait()
 		d := time.Since(start)
@@ -100,9 +92,21 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			client.DeleteObject(ctx, &s3api.DeleteObjectInput{Bucket: &bucket, Key: aws.String(fmt.Sprintf("ceiling/%d", i))})
+			client.DeleteObject(ctx, &s3api.DeleteObjectInput{Bucket: &bucket, Key: aws.String(fmt.Sprintf("%s/%d", prefix, i))})
 		}
 		return d
+	}
+	// The ceiling: the SDK's own PutObject, with its defaults.
+	putObjects := func() time.Duration {
+		return uploadAll("ceiling", func(key string) error {
+			f, err := os.Open(src)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = client.PutObject(ctx, &s3api.PutObjectInput{Bucket: &bucket, Key: &key, Body: f, ContentLength: aws.Int64(size)})
+			return err
+		})
 	}
 	// CPU time, for where the machine's two cores go: the SDK's (this
 	// process's, which does nothing else meanwhile) and the server's.
@@ -117,21 +121,7 @@ func benchS3Ingest(b *testing.B, agents int, size int64) {
 	// versitygw's multipart path costs by itself, which includes a
 	// CompleteMultipartUpload that copies every part into the object.
 	multipart := func() time.Duration {
-		start := time.Now()
-		var wg sync.WaitGroup
-		errs := make([]error, agents)
-		for i := range agents {
-			wg.Go(func() { errs[i] = sdkMultipart(ctx, client, bucket, fmt.Sprintf("multipart/%d", i), src, size) })
-		}
-		wg.Wait()
-		d := time.Since(start)
-		for i, err := range errs {
-			if err != nil {
-				b.Fatal(err)
-			}
-			client.DeleteObject(ctx, &s3api.DeleteObjectInput{Bucket: &bucket, Key: aws.String(fmt.Sprintf("multipart/%d", i))})
-		}
-		return d
+		return uploadAll("multipart", func(key string) error { return sdkMultipart(ctx, client, bucket, key, src, size) })
 	}
 	mpCeiling := multipart()
 
