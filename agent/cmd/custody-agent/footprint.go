@@ -3,19 +3,21 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"os"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
+
+	"github.com/custodyhq/custody/internal/threads"
 )
 
 // limits keep the agent a polite guest on a production host: few threads
 // for Go code, a soft memory limit the garbage collector works to stay
-// under, and a lower CPU and I/O priority than the workload it is
-// investigating, whatever is being captured.
+// under, a lower CPU and I/O priority than the workload it is
+// investigating, whatever is being captured, and the SCHED_BATCH policy, so
+// that an agent thread becoming runnable waits for the CPU instead of
+// preempting the workload's thread on it.
 //
 // The default memory limit is what a capture needs with room to spare:
 // buffers for one 4 MiB chunk being read, one being compressed and three in
@@ -27,6 +29,7 @@ type limits struct {
 	memLimit int64
 	nice     int
 	ioClass  string
+	sched    string
 }
 
 const defaultMemLimitMiB = 64
@@ -36,6 +39,7 @@ func (l *limits) addFlags(f *pflag.FlagSet) {
 	f.Int64Var(&l.memLimit, "memory-limit-mib", defaultMemLimitMiB, "soft memory limit (GOMEMLIMIT) in MiB; 0 disables")
 	f.IntVar(&l.nice, "nice", 10, "CPU niceness added to the agent's threads, 0-19 (0 leaves it)")
 	f.StringVar(&l.ioClass, "io-class", "best-effort", "I/O scheduling class: best-effort (lowest level, 7), idle, or none (leave it)")
+	f.StringVar(&l.sched, "sched", "batch", "CPU scheduling policy: batch (the agent's threads never preempt the host's on waking) or normal (leave it)")
 }
 
 // I/O priority classes and ioprio_set's "which" (linux/ioprio.h).
@@ -60,13 +64,21 @@ func (l *limits) apply(log *slog.Logger) error {
 	default:
 		return fmt.Errorf("--io-class %q: want best-effort, idle or none", l.ioClass)
 	}
+	batch := false
+	switch l.sched {
+	case "batch":
+		batch = true
+	case "normal", "":
+	default:
+		return fmt.Errorf("--sched %q: want batch or normal", l.sched)
+	}
 	if l.procs > 0 {
 		runtime.GOMAXPROCS(l.procs)
 	}
 	if l.memLimit > 0 {
 		debug.SetMemoryLimit(l.memLimit << 20)
 	}
-	if err := deprioritize(l.nice, ioprio); err != nil {
+	if err := deprioritize(l.nice, ioprio, batch); err != nil {
 		// Not fatal: a seccomp profile may forbid it, and capturing
 		// evidence matters more than being polite about it.
 		log.Warn("could not lower the agent's priority", "err", err)
@@ -74,52 +86,31 @@ func (l *limits) apply(log *slog.Logger) error {
 	return nil
 }
 
-// deprioritize adds nice to every thread of the process and sets ioprio
-// (0: leave it) on each. Both are per-thread on Linux and inherited by
-// threads created later, which the Go runtime clones from existing ones;
-// the thread list is walked until a pass finds none left to change.
-func deprioritize(nice, ioprio int) error {
-	if nice == 0 && ioprio == 0 {
+// deprioritize adds nice to every thread of the process, sets ioprio
+// (0: leave it) on each and, with batch, moves each to SCHED_BATCH.
+func deprioritize(nice, ioprio int, batch bool) error {
+	if nice == 0 && ioprio == 0 && !batch {
 		return nil
 	}
-	done := map[int]bool{}
-	for pass := 0; pass < 5; pass++ {
-		d, err := os.Open("/proc/self/task")
-		if err != nil {
-			return err
-		}
-		names, err := d.Readdirnames(-1)
-		d.Close()
-		if err != nil {
-			return err
-		}
-		changed := 0
-		for _, n := range names {
-			tid, err := strconv.Atoi(n)
-			if err != nil || done[tid] {
-				continue
+	return threads.Each(func(tid int) error {
+		if nice != 0 {
+			cur, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+			if err != nil {
+				return nil // the thread exited
 			}
-			done[tid] = true
-			changed++
-			if nice != 0 {
-				cur, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-				if err != nil {
-					continue // the thread exited
-				}
-				// The raw syscall returns 20 - nice.
-				if err := unix.Setpriority(unix.PRIO_PROCESS, tid, min(19, 20-cur+nice)); err != nil {
-					return fmt.Errorf("setpriority: %w", err)
-				}
-			}
-			if ioprio != 0 {
-				if _, _, errno := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), uintptr(ioprio)); errno != 0 && errno != unix.ESRCH {
-					return fmt.Errorf("ioprio_set: %w", errno)
-				}
+			// The raw syscall returns 20 - nice.
+			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, min(19, 20-cur+nice)); err != nil {
+				return fmt.Errorf("setpriority: %w", err)
 			}
 		}
-		if changed == 0 {
-			return nil
+		if ioprio != 0 {
+			if _, _, errno := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), uintptr(ioprio)); errno != 0 {
+				return fmt.Errorf("ioprio_set: %w", errno)
+			}
 		}
-	}
-	return nil
+		if batch {
+			return threads.Batch(tid)
+		}
+		return nil
+	})
 }

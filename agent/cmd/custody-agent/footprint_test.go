@@ -14,7 +14,10 @@ import (
 
 // threadNice reads the nice value of every thread of this process from
 // /proc (the kernel's own account, not the syscall under test).
-func threadNice(t *testing.T) map[int]int {
+func threadNice(t *testing.T) map[int]int { return threadStat(t, 19) }
+
+// threadStat reads field n (1-based, as in proc(5)) of every thread's stat.
+func threadStat(t *testing.T, n int) map[int]int {
 	t.Helper()
 	dirs, err := filepath.Glob("/proc/self/task/*/stat")
 	if err != nil {
@@ -29,23 +32,23 @@ func threadNice(t *testing.T) map[int]int {
 		// Fields after the command (which may hold spaces) start at ") ".
 		rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
 		f := strings.Fields(rest)
-		nice, _ := strconv.Atoi(f[16]) // field 19 of stat
+		v, _ := strconv.Atoi(f[n-3]) // f[0] is field 3
 		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		out[tid] = nice
+		out[tid] = v
 	}
 	return out
 }
 
-// Every thread ends up nicer, and threads the runtime starts afterwards
-// inherit it; I/O goes to the lowest best-effort level. Lowering one's own
-// priority needs no privilege, so this runs anywhere.
+// Every thread ends up nicer and under SCHED_BATCH, and threads the runtime
+// starts afterwards inherit both; I/O goes to the lowest best-effort level.
+// Lowering one's own priority needs no privilege, so this runs anywhere.
 func TestLimitsLowerEveryThreadsPriority(t *testing.T) {
 	before := threadNice(t)
 	base := before[unix.Gettid()]
 	if base > 19-5 {
 		t.Skipf("the test process is already at nice %d", base)
 	}
-	l := limits{nice: 5, ioClass: "best-effort"}
+	l := limits{nice: 5, ioClass: "best-effort", sched: "batch"}
 	if err := l.apply(slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +74,11 @@ func TestLimitsLowerEveryThreadsPriority(t *testing.T) {
 			t.Errorf("thread %d at nice %d, want %d (all: %v)", tid, n, base+5, after)
 		}
 	}
+	for tid, p := range threadStat(t, 41) {
+		if p != unix.SCHED_BATCH {
+			t.Errorf("thread %d under scheduling policy %d, want SCHED_BATCH", tid, p)
+		}
+	}
 	for tid := range after {
 		prio, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, uintptr(tid), 0)
 		if errno == unix.ESRCH {
@@ -83,7 +91,7 @@ func TestLimitsLowerEveryThreadsPriority(t *testing.T) {
 }
 
 func TestLimitsRefuseRaisingPriority(t *testing.T) {
-	for _, l := range []limits{{nice: -5}, {nice: 25}, {ioClass: "realtime"}} {
+	for _, l := range []limits{{nice: -5}, {nice: 25}, {ioClass: "realtime"}, {sched: "fifo"}} {
 		if err := l.apply(slog.New(slog.DiscardHandler)); err == nil {
 			t.Errorf("%+v accepted", l)
 		}
