@@ -2,48 +2,18 @@ package main
 
 import (
 	"log/slog"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/custodyhq/custody/internal/threads/threadtest"
 )
-
-// threadNice reads the nice value of every thread of this process from
-// /proc (the kernel's own account, not the syscall under test).
-func threadNice(t *testing.T) map[int]int { return threadStat(t, 19) }
-
-// threadStat reads field n (1-based, as in proc(5)) of every thread's stat.
-func threadStat(t *testing.T, n int) map[int]int {
-	t.Helper()
-	dirs, err := filepath.Glob("/proc/self/task/*/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[int]int{}
-	for _, p := range dirs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue // exited
-		}
-		// Fields after the command (which may hold spaces) start at ") ".
-		rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
-		f := strings.Fields(rest)
-		v, _ := strconv.Atoi(f[n-3]) // f[0] is field 3
-		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		out[tid] = v
-	}
-	return out
-}
 
 // Every thread ends up nicer and under SCHED_BATCH, and threads the runtime
 // starts afterwards inherit both; I/O goes to the lowest best-effort level.
 // Lowering one's own priority needs no privilege, so this runs anywhere.
 func TestLimitsLowerEveryThreadsPriority(t *testing.T) {
-	before := threadNice(t)
+	before := threadtest.Stat(t, threadtest.FieldNice)
 	base := before[unix.Gettid()]
 	if base > 19-5 {
 		t.Skipf("the test process is already at nice %d", base)
@@ -53,19 +23,8 @@ func TestLimitsLowerEveryThreadsPriority(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Make the runtime start more threads after the change.
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var st unix.Stat_t
-			for range 1000 {
-				unix.Stat("/", &st) // blocking syscalls pull in new Ms
-			}
-		}()
-	}
-	wg.Wait()
-	after := threadNice(t)
+	threadtest.MoreThreads()
+	after := threadtest.Stat(t, threadtest.FieldNice)
 	if len(after) < 2 {
 		t.Fatalf("only %d threads to look at", len(after))
 	}
@@ -74,7 +33,7 @@ func TestLimitsLowerEveryThreadsPriority(t *testing.T) {
 			t.Errorf("thread %d at nice %d, want %d (all: %v)", tid, n, base+5, after)
 		}
 	}
-	for tid, p := range threadStat(t, 41) {
+	for tid, p := range threadtest.Stat(t, threadtest.FieldPolicy) {
 		if p != unix.SCHED_BATCH {
 			t.Errorf("thread %d under scheduling policy %d, want SCHED_BATCH", tid, p)
 		}
