@@ -108,6 +108,27 @@ func roundTrip[T any](t *testing.T, data []byte, next func() (T, error), enc fun
 	}
 }
 
+// drainFind reads a live iterator to its end and returns the last record
+// match accepts (nil if none did) and how many records there were.
+func drainFind[T any](t *testing.T, next func() (T, error), match func(T) bool) (*T, int) {
+	t.Helper()
+	var found *T
+	n := 0
+	for {
+		rec, err := next()
+		if err == io.EOF {
+			return found, n
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if match(rec) {
+			found = &rec
+		}
+	}
+}
+
 // TestOpenFilesLive loads the iterator and finds this process's own
 // descriptors in it, as /proc shows them.
 func TestOpenFilesLive(t *testing.T) {
@@ -125,21 +146,7 @@ func TestOpenFilesLive(t *testing.T) {
 		testenv.Skip(t, "BPF iterator unavailable: %v", err)
 	}
 	defer it.Close()
-	var found *File
-	n := 0
-	for {
-		rec, err := it.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		n++
-		if rec.PID == os.Getpid() && rec.FD == int(f.Fd()) {
-			found = &rec
-		}
-	}
+	found, n := drainFind(t, it.Next, func(rec File) bool { return rec.PID == os.Getpid() && rec.FD == int(f.Fd()) })
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
 		t.Fatal(err)

@@ -75,21 +75,7 @@ func TestTasksLive(t *testing.T) {
 		testenv.Skip(t, "BPF iterator unavailable: %v", err)
 	}
 	defer it.Close()
-	var self *Task
-	n := 0
-	for {
-		task, err := it.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		n++
-		if task.PID == os.Getpid() {
-			self = &task
-		}
-	}
+	self, n := drainFind(t, it.Next, func(task Task) bool { return task.PID == os.Getpid() })
 	if self == nil {
 		t.Fatalf("pid %d not among %d processes", os.Getpid(), n)
 	}
