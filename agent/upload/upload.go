@@ -25,12 +25,8 @@ type Options struct {
 	Artifact     string
 	Extension    string
 	ExpectedSize int64 // -1 when unknown
-	// Window is how many chunks may await acknowledgement (default 8).
-	// The agent keeps no copy of a sent chunk, and the collector's
-	// flow-control window bounds the bytes gRPC holds, so this bounds only
-	// how far the agent runs ahead of the collector's verdicts. Enough to
-	// ride out a checkpoint's sync: at 3, a 2 GiB memory image stalled on
-	// acknowledgements.
+	// Window is how many chunks may await acknowledgement (default 3):
+	// enough to keep the link busy, few enough to bound memory.
 	Window int
 	// NoCompress sends raw bytes (for sources that are already compressed).
 	NoCompress bool
@@ -98,7 +94,7 @@ func (s *Stream) ResumeSHA256() []byte { return s.resumeSum }
 // Start opens an upload and waits for the collector to accept it.
 func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Options, callOpts ...grpc.CallOption) (*Stream, error) {
 	if opts.Window <= 0 {
-		opts.Window = 8
+		opts.Window = 3
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	st, err := client.Upload(ctx, callOpts...)

@@ -97,10 +97,6 @@ func (s *Server) Register(g *grpc.Server) {
 	custodyv1.RegisterResponderServiceServer(g, s)
 }
 
-// StreamWindow is each upload's flow-control window: what an agent may
-// have sent that the collector has not yet read.
-const StreamWindow = 4 << 20
-
 // MaxMessageSize admits one full chunk and its envelope, nothing larger.
 const MaxMessageSize = chunk.MaxFrameSize + 64<<10
 
@@ -118,14 +114,9 @@ func ServerOptions() []grpc.ServerOption {
 		// grows each stream's to 16 MiB: what an agent may send ahead of
 		// the collector's reading is then bounded per upload, not by the
 		// link. A chunk larger than the window still arrives whole: gRPC
-		// opens the window for a message being read. 4 MiB holds about
-		// four compressed chunks of a memory image, so the agent keeps
-		// sending while the collector checks a chunk or syncs a
-		// checkpoint; at 1 MiB it stalled on every chunk (2 GiB memory
-		// image, agent and collector on one host, with the agent's window
-		// of 8: 514 -> 540 MiB/s, median of six).
-		grpc.InitialWindowSize(StreamWindow),
-		grpc.InitialConnWindowSize(4 * StreamWindow),
+		// opens the window for a message being read.
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(4 << 20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 60 * time.Second, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}

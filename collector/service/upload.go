@@ -186,9 +186,19 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 	var sinceCheckpoint int64
 	// Receive on a goroutine so that a newer stream for this artifact can
 	// take over even while this one waits for a message that never comes.
-	// It receives only when asked: reading ahead would hold a second
-	// decoded chunk per upload, and what the agent sends meanwhile waits
+	// It receives only when asked, and what the agent sends meanwhile waits
 	// in gRPC's flow-control window (ServerOptions), bounded.
+	//
+	// While it is the only upload running, an upload asks for the next
+	// message as soon as it has a chunk, so that the next one leaves the
+	// window while this one is checked: the window holds about one
+	// compressed chunk, and without this the agent waited on it at every
+	// chunk. That holds a second chunk, so it stops as soon as another
+	// upload starts: with many running the collector is busy anyway, and
+	// its memory is what bounds it. (Measured on 16 agents uploading 128
+	// MiB each to S3: a 4 MiB window, or reading ahead in the first four
+	// uploads, pushed the collector into its memory limit, at 1.5-2.3x the
+	// CPU per GiB.)
 	type received struct {
 		msg *custodyv1.UploadRequest
 		err error
@@ -215,10 +225,14 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 			}
 		}
 	}()
+	asked := false
 	for {
 		var msg *custodyv1.UploadRequest
 		var err error
-		want <- struct{}{}
+		if !asked {
+			want <- struct{}{}
+		}
+		asked = false
 		select {
 		case r := <-recv:
 			msg, err = r.msg, r.err
@@ -240,6 +254,10 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		switch m := msg.Msg.(type) {
 		case *custodyv1.UploadRequest_Chunk:
 			ch := m.Chunk
+			if len(s.uploads) == 1 {
+				want <- struct{}{}
+				asked = true
+			}
 			err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(), SHA256: ch.GetSha256(), Data: ch.GetData()})
 			releaseChunk(ch) // written or refused: its data is not needed again
 			if err != nil {
