@@ -55,15 +55,9 @@ func BenchmarkAB(b *testing.B) {
 		b.Fatalf("CUSTODY_AB_PER=%d: want at least 2 (the first is a warm-up)", per)
 	}
 
-	const size = 2 << 30
+	const size = memoryImageSize
 	ctx := b.Context()
-	c := e2e.NewCluster(b, bin)
-	img := filepath.Join(c.Dir, "memory.img")
-	sum, err := writeMemoryImage(img, size, 6)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.Remove(img)
+	c, img, sum := memoryImageCluster(b)
 	for range rounds {
 		for _, bd := range builds {
 			c.Bin = bd.bin

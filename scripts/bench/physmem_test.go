@@ -41,15 +41,9 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	for _, tool := range []string{"bash", "gzip", "zstd", "sha256sum", "tee"} {
 		testenv.NeedTool(b, tool)
 	}
-	const size = 2 << 30
+	const size = memoryImageSize
 	ctx := b.Context()
-	c := e2e.NewCluster(b, bin)
-	img := filepath.Join(c.Dir, "memory.img")
-	sum, err := writeMemoryImage(img, size, 6)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.Remove(img)
+	c, img, sum := memoryImageCluster(b)
 	// Every contender reads the image from the page cache.
 	if got, _, err := e2e.HashFile(img); err != nil || got != sum {
 		b.Fatalf("warming the page cache: %v (sha256 %s, want %s)", err, got, sum)
@@ -168,6 +162,25 @@ func mandatedWork(path string) (agent, collector time.Duration, err error) {
 		return 0, 0, err
 	}
 	return agent, collector, nil
+}
+
+// memoryImageSize is the size of the memory-like image the physical memory
+// benchmarks capture.
+const memoryImageSize = 2 << 30
+
+// memoryImageCluster starts a cluster and writes the 2 GiB memory-like
+// image (writeMemoryImage, seed 6) into its directory, removed when b
+// ends; it returns the image's path and SHA-256.
+func memoryImageCluster(b *testing.B) (c *e2e.Cluster, img, sum string) {
+	b.Helper()
+	c = e2e.NewCluster(b, bin)
+	img = filepath.Join(c.Dir, "memory.img")
+	b.Cleanup(func() { os.Remove(img) })
+	sum, err := writeMemoryImage(img, memoryImageSize, 6)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c, img, sum
 }
 
 // timeShell runs a bash pipeline with args as $1, $2, … and returns its
