@@ -95,7 +95,19 @@ func (f *FS) Create(ctx context.Context, key string, _ CreateOptions) (Writer, e
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", key, err)
 	}
-	return &fsWriter{store: f, key: key, final: f.path(key), tmp: tmp.Name(), f: tmp, h: NewDigest(sha256.New())}, nil
+	return newFSWriter(f, key, tmp.Name(), tmp, sha256.New(), 0)
+}
+
+// newFSWriter continues the partial file tmp, which holds n bytes whose
+// running SHA-256 is h.
+func newFSWriter(f *FS, key, tmp string, file *os.File, h hash.Hash, n int64) (*fsWriter, error) {
+	hs, err := MarshalHash(h)
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	return &fsWriter{store: f, key: key, final: f.path(key), tmp: tmp, f: file, h: NewDigest(h), n: n,
+		durable: fsDurable{n: n, hash: hs}}, nil
 }
 
 // mkdirs creates the directories of a key's dir (case/agent/collection)
@@ -288,6 +300,25 @@ type fsWriter struct {
 	n         int64
 	broken    error // a Write failed part way: the file no longer ends on a Write boundary
 	committed *Info
+
+	// durable is the last size and digest state known to be on disk, and
+	// syncing the background sync that will make a later one durable.
+	durable fsDurable
+	syncing *fsSync
+}
+
+// fsDurable is a size of the partial file and the digest state at that size.
+type fsDurable struct {
+	n    int64
+	hash []byte
+}
+
+// fsSync is one background fsync of the partial file. err is set before
+// done closes, and read only after.
+type fsSync struct {
+	to   fsDurable
+	done chan struct{}
+	err  error
 }
 
 func (w *fsWriter) Write(p []byte) (int, error) { return w.WriteTee(p, nil) }
@@ -325,6 +356,7 @@ func (w *fsWriter) Commit(ctx context.Context, size int64, sum []byte) (Info, er
 	if w.f == nil {
 		return Info{}, fmt.Errorf("store: commit %s: %w", w.key, os.ErrClosed)
 	}
+	w.awaitSync()
 	info, err := w.commit(ctx, size, sum)
 	if err != nil {
 		w.discard()
@@ -411,6 +443,7 @@ func (w *fsWriter) Abort(context.Context) error {
 }
 
 func (w *fsWriter) discard() error {
+	w.awaitSync()
 	var errs []error
 	if w.f != nil {
 		errs = append(errs, w.f.Close())

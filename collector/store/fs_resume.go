@@ -30,10 +30,15 @@ const fsStateVersion = 1
 // partialPrefix is how every partial file of the object file starts.
 func partialPrefix(file string) string { return "." + file + ".partial-" }
 
-// Checkpoint implements ResumableWriter: everything written so far is
-// synced to disk, so the durable size is the whole of what was written.
-// The partial file stays where it is; a crash leaves it for Resume (or for
-// the startup Sweep, if the collector no longer tracks it).
+// Checkpoint implements ResumableWriter. Syncing is slow next to the
+// writes (about 12 ms for 13 MiB here), so it runs in the background while
+// the writes go on: Checkpoint starts a sync of everything written so far
+// and returns what the previous one made durable, first waiting for it if
+// it is still running. The durable size lags by one checkpoint, as the
+// contract allows; two Checkpoints with no Write between them cover
+// everything written. The partial file stays where it is; a crash leaves
+// it for Resume (or for the startup Sweep, if the collector no longer
+// tracks it).
 func (w *fsWriter) Checkpoint(ctx context.Context) ([]byte, int64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -46,18 +51,45 @@ func (w *fsWriter) Checkpoint(ctx context.Context) ([]byte, int64, error) {
 	if w.broken != nil {
 		return nil, 0, w.broken
 	}
-	if err := w.f.Sync(); err != nil {
-		return nil, 0, fmt.Errorf("store: checkpoint %s: %w", w.key, err)
+	if err := w.awaitSync(); err != nil {
+		// What the failed sync covered may not be on disk, and a later
+		// sync cannot tell: this writer is done for.
+		w.broken = fmt.Errorf("store: checkpoint %s: %w", w.key, err)
+		return nil, 0, w.broken
 	}
-	hs, err := w.h.MarshalBinary()
+	if w.n > w.durable.n {
+		hs, err := w.h.MarshalBinary()
+		if err != nil {
+			return nil, 0, err
+		}
+		s := &fsSync{to: fsDurable{n: w.n, hash: hs}, done: make(chan struct{})}
+		w.syncing = s
+		go func(f *os.File) {
+			s.err = f.Sync()
+			close(s.done)
+		}(w.f)
+	}
+	state, err := json.Marshal(fsState{V: fsStateVersion, Store: "fs", Key: w.key, Partial: filepath.Base(w.tmp), Size: w.durable.n, SHA256: w.durable.hash})
 	if err != nil {
 		return nil, 0, err
 	}
-	state, err := json.Marshal(fsState{V: fsStateVersion, Store: "fs", Key: w.key, Partial: filepath.Base(w.tmp), Size: w.n, SHA256: hs})
-	if err != nil {
-		return nil, 0, err
+	return state, w.durable.n, nil
+}
+
+// awaitSync waits for the background sync, if one runs, and makes what it
+// synced durable. It is called with mu held: the sync itself never takes it.
+func (w *fsWriter) awaitSync() error {
+	s := w.syncing
+	if s == nil {
+		return nil
 	}
-	return state, w.n, nil
+	<-s.done
+	w.syncing = nil
+	if s.err != nil {
+		return s.err
+	}
+	w.durable = s.to
+	return nil
 }
 
 func parseFSState(state []byte) (fsState, error) {
@@ -131,7 +163,11 @@ func (f *FS) Resume(ctx context.Context, key string, state []byte) (ResumableWri
 		file.Close()
 		return nil, 0, fmt.Errorf("store: resume %s: %w", key, err)
 	}
-	return &fsWriter{store: f, key: key, final: f.path(key), tmp: tmp, f: file, h: NewDigest(h), n: st.Size}, st.Size, nil
+	w, err := newFSWriter(f, key, tmp, file, h, st.Size)
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: resume %s: %w", key, err)
+	}
+	return w, st.Size, nil
 }
 
 // Sweep implements Sweeper: it removes partial files last written before
