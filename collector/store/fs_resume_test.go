@@ -1,6 +1,8 @@
 package store_test
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"errors"
 	"os"
 	"path/filepath"
@@ -181,5 +183,58 @@ func TestFSSweep(t *testing.T) {
 	}
 	if _, err := s.Sweep(t.Context(), [][]byte{[]byte("{}")}, cutoff); err == nil {
 		t.Error("Sweep with an unparsable state succeeded")
+	}
+}
+
+// TestFSCheckpointLagsOneSync: an fs checkpoint reports what the sync the
+// previous one started made durable, writes go on meanwhile, and resuming
+// from a lagging state drops exactly the bytes after it.
+func TestFSCheckpointLagsOneSync(t *testing.T) {
+	ctx := t.Context()
+	s, _ := newFS(t)
+	const key = "c/a/x/memory.lime"
+	w, err := s.Create(ctx, key, store.CreateOptions{ExpectedSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := w.(store.ResumableWriter)
+	write := func(p string) {
+		t.Helper()
+		if _, err := rw.Write([]byte(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkpoint := func(want int64) []byte {
+		t.Helper()
+		state, durable, err := rw.Checkpoint(ctx)
+		if err != nil || durable != want {
+			t.Fatalf("Checkpoint: durable %d, %v; want %d", durable, err, want)
+		}
+		return state
+	}
+	write("EMiL")
+	checkpoint(0) // starts syncing 4 bytes
+	write("first range")
+	state := checkpoint(4) // starts syncing 15
+	write("lost")          // written after the state's sync began: not in it
+
+	r, durable, err := s.Resume(ctx, key, state)
+	if err != nil || durable != 4 {
+		t.Fatalf("Resume: durable %d, %v; want 4", durable, err)
+	}
+	// rw is left as a crashed collector leaves it: aborting it would
+	// remove the partial file the resumed writer continues.
+	if _, err := r.Write([]byte("first range")); err != nil {
+		t.Fatal(err)
+	}
+	want := []byte("EMiLfirst range")
+	sum := sha256.Sum256(want)
+	info, err := r.Commit(ctx, int64(len(want)), sum[:])
+	if err != nil {
+		t.Fatalf("Commit after resume: %v", err)
+	}
+	got, err := os.ReadFile(info.Location)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("stored %q, %v; want %q", got, err, want)
 	}
 }
