@@ -645,3 +645,53 @@ func TestRevokedAgentIsCutOff(t *testing.T) {
 		t.Fatalf("GetAgent after revocation: %v, %v", g, err)
 	}
 }
+
+// TestCutUploadResumesAfterLastAck: an upload cut off after the collector
+// acknowledged its chunks resumes after the last of them, not at an
+// earlier checkpoint: the store's background sync is waited for when an
+// upload stops, so a cut costs only the chunks in flight.
+func TestCutUploadResumesAfterLastAck(t *testing.T) {
+	e := newEnv(t)
+	agentID, _, agent := e.enrolledAgent()
+	r := e.responder("alice")
+	s := session(t, agent, ctx(t))
+	col := collect(t, r, agentID, "host")
+	nextTask(t, s)
+
+	raw := make([]byte, 3<<20)
+	rand.Read(raw)
+	enc, _ := chunk.NewEncoder(true)
+	cctx, cut := context.WithCancel(ctx(t))
+	defer cut()
+	up, err := agent.Upload(cctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
+		TaskId: col.GetCollectionId(), Artifact: "host", Extension: "json", ExpectedSize: -1, Compression: custodyv1.Compression_COMPRESSION_ZSTD,
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := up.Recv(); err != nil || m.GetAccepted() == nil {
+		t.Fatalf("open: %v, %v", m, err)
+	}
+	for off := 0; off < len(raw); off += 1 << 20 {
+		c, _ := enc.Encode(raw[off:off+1<<20], nil)
+		if err := up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Chunk{Chunk: &custodyv1.Chunk{
+			Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, Data: c.Data}}}); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := up.Recv(); err != nil || m.GetAck().GetSequence() != c.Seq {
+			t.Fatalf("chunk %d: got %v, %v; want its ack", c.Seq, m, err)
+		}
+	}
+	cut()
+
+	// Whether the collector noticed the cut first or the new stream
+	// supersedes the old one, the old handler checkpoints before the new
+	// one opens (lockArtifact).
+	_, acc := openUploadAccepted(t, agent, col.GetCollectionId(), "host")
+	if acc.GetResumeOffset() != int64(len(raw)) || acc.GetNextSequence() != 3 {
+		t.Fatalf("resumed at offset %d, sequence %d after 3 acknowledged MiB; want %d, 3", acc.GetResumeOffset(), acc.GetNextSequence(), len(raw))
+	}
+}

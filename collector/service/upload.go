@@ -145,8 +145,9 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		switch {
 		case err == nil:
 		case interrupted && up.Resumable():
-			// Keep the object and the last checkpoint; the agent resumes.
-			s.checkpoint(bg, up, &sess, log)
+			// Keep the object and a checkpoint of all the store can make
+			// durable; the agent resumes from it.
+			s.checkpoint(bg, up, &sess, log, true)
 			up.Suspend(bg)
 			log.Info("upload interrupted; resumable", "committed", up.Committed(), "resume_at", sess.Offset, "err", err)
 		default:
@@ -272,7 +273,7 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 			}
 			now := s.now()
 			if up.Resumable() && (sinceCheckpoint >= checkpointBytes || now.Sub(lastCheckpoint) >= checkpointEvery) {
-				if err := s.checkpoint(ctx, up, &sess, log); err != nil {
+				if err := s.checkpoint(ctx, up, &sess, log, false); err != nil {
 					return err
 				}
 				sinceCheckpoint, lastCheckpoint = 0, now
@@ -338,8 +339,19 @@ func (s *Server) discardUpload(ctx context.Context, sess state.UploadSession, lo
 	log.Info("partial upload discarded", "upload", sess.ID)
 }
 
-// checkpoint persists where the upload durably stands.
-func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.UploadSession, log *slog.Logger) error {
+// checkpoint persists where the upload durably stands. A store may make
+// bytes durable in the background (the fs store syncs while the upload
+// goes on), so a checkpoint covers what was durable when it was taken;
+// final waits for everything the store can make durable now, as an
+// upload that stops wants: a cut then costs only the chunks in flight.
+func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.UploadSession, log *slog.Logger, final bool) error {
+	if final {
+		// The first starts the sync that the second waits for.
+		if _, err := up.Checkpoint(ctx); err != nil {
+			log.Warn("checkpoint failed", "err", err)
+			return err
+		}
+	}
 	cp, err := up.Checkpoint(ctx)
 	if err != nil {
 		log.Warn("checkpoint failed", "err", err)
