@@ -84,7 +84,7 @@ func newEnv(t *testing.T) *env {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	srv := service.New(service.Config{Identity: id, CA: ca, SigningKey: signer.(ed25519.PrivateKey), SigningCertPEM: signCert}, db, st, log)
-	g := grpc.NewServer(append(service.ServerOptions(), grpc.Creds(credentials.NewTLS(pki.ServerTLSConfig(serverCert, roots))))...)
+	g := grpc.NewServer(append(service.ServerOptions(service.StreamWindow(st)), grpc.Creds(credentials.NewTLS(pki.ServerTLSConfig(serverCert, roots))))...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -102,9 +102,9 @@ const MaxMessageSize = chunk.MaxFrameSize + 64<<10
 
 // ServerOptions are the gRPC options the services rely on: authorization
 // from the verified certificate, the message size bound, the codec that
-// recycles chunk buffers, and keepalives
-// that survive an NLB's 350 s idle timeout.
-func ServerOptions() []grpc.ServerOption {
+// recycles chunk buffers, each upload's flow-control window (StreamWindow
+// of the store), and keepalives that survive an NLB's 350 s idle timeout.
+func ServerOptions(window int32) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unaryAuth),
 		grpc.ChainStreamInterceptor(streamAuth),
@@ -115,11 +115,29 @@ func ServerOptions() []grpc.ServerOption {
 		// the collector's reading is then bounded per upload, not by the
 		// link. A chunk larger than the window still arrives whole: gRPC
 		// opens the window for a message being read.
-		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialWindowSize(window),
 		grpc.InitialConnWindowSize(4 << 20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 60 * time.Second, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}
+}
+
+// StreamWindow is the flow-control window of each upload's stream: what an
+// agent may send ahead of the collector's reading, held in the collector's
+// memory for each of up to MaxUploads uploads.
+//
+// On the fs store it is 2 MiB: two compressed chunks of a memory image,
+// so the agent goes on sending while the collector checks one. Measured
+// side by side on a 2 GiB memory image (BenchmarkAB, three runs): 1.5-6%
+// faster than 1 MiB; 16 agents × 128 MiB into fs ran at the same speed.
+// The S3 store also holds a part buffer of each upload, and there 2 MiB
+// pushed the collector into its memory limit: 16 agents × 128 MiB into S3
+// fell from 150 to 99 MiB/s at twice the CPU per GiB. It keeps 1 MiB.
+func StreamWindow(st store.Store) int32 {
+	if _, ok := st.(*store.FS); ok {
+		return 2 << 20
+	}
+	return 1 << 20
 }
 
 // newID returns prefix + UTC time + random hex: sortable, unguessable,

@@ -241,7 +241,7 @@ func serve(ctx context.Context, p paths, cfg fileConfig, listen, readyFile strin
 
 	go srv.Run(ctx)
 
-	opts := append(service.ServerOptions(), grpc.Creds(credentials.NewTLS(pki.ServerTLSConfig(serverCert, clientCAs))))
+	opts := append(service.ServerOptions(service.StreamWindow(st)), grpc.Creds(credentials.NewTLS(pki.ServerTLSConfig(serverCert, clientCAs))))
 	g := grpc.NewServer(opts...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", listen)
