@@ -340,13 +340,12 @@ func (s *Server) discardUpload(ctx context.Context, sess state.UploadSession, lo
 }
 
 // checkpoint persists where the upload durably stands. A store may make
-// bytes durable in the background (the fs store syncs while the upload
-// goes on), so a checkpoint covers what was durable when it was taken;
-// final waits for everything the store can make durable now, as an
-// upload that stops wants: a cut then costs only the chunks in flight.
+// bytes durable in the background, so a checkpoint may cover only what an
+// earlier one started; final takes a second one, which the Store contract
+// (store.ResumableWriter) says covers all the store can make durable now,
+// as an upload that stops wants: a cut then costs only the chunks in flight.
 func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.UploadSession, log *slog.Logger, final bool) error {
 	if final {
-		// The first starts the sync that the second waits for.
 		if _, err := up.Checkpoint(ctx); err != nil {
 			log.Warn("checkpoint failed", "err", err)
 			return err

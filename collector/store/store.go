@@ -213,7 +213,10 @@ type ResumableWriter interface {
 	// Checkpoint makes durable as much as the backend can, and returns the
 	// state Resume needs and the number of bytes it covers. The durable size
 	// may lag what was written (an S3 part is sent only once it reaches the
-	// part size); it always equals the total of some prefix of Write calls.
+	// part size; the fs store syncs in the background and reports what the
+	// previous Checkpoint's sync covered); it always equals the total of
+	// some prefix of Write calls. A second Checkpoint with no Write since
+	// the first covers all that the backend can make durable now.
 	// The state includes the running SHA-256 of the durable bytes, so Commit
 	// after Resume checks the whole object without rereading it.
 	Checkpoint(ctx context.Context) (state []byte, durable int64, err error)
