@@ -359,6 +359,44 @@ func TestUploadVerifiedAndSealed(t *testing.T) {
 	}
 }
 
+// An upload long enough to checkpoint while it runs writes its checkpoint
+// records in the background; once committed, none of them may be left (or
+// land late) as a resumable session.
+func TestCheckpointedUploadLeavesNoSession(t *testing.T) {
+	e := newEnv(t)
+	agentID, _, agent := e.enrolledAgent()
+	r := e.responder("alice")
+	sctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	s := session(t, agent, sctx)
+	col := collect(t, r, agentID, "file")
+	task := nextTask(t, s)
+
+	// One checkpoint's worth (64 MiB), so that its record is written in
+	// the background just as the trailer arrives; mostly zeros, so that it
+	// is quick.
+	data := make([]byte, 64<<20)
+	for off := 0; off < len(data); off += 1 << 20 {
+		rand.Read(data[off : off+4096])
+	}
+	up, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: int64(len(data)), Bulk: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(up, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.Close(upload.Trailer{Source: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if final := waitFinal(t, r, col.GetCollectionId()); final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
+		t.Fatalf("collection %s: %v", final.GetState(), final)
+	}
+	if sess, err := e.db.GetUpload(ctx(t), col.GetCollectionId(), "file"); !errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("after the commit, the upload session is still recorded (%+v, %v)", sess, err)
+	}
+}
+
 // TestTampering sends hand-made upload streams that break the protocol in
 // one way each. Every one must be refused with a clear error, leave no
 // object under the artifact's key, and leave the collection not complete.

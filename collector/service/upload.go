@@ -24,7 +24,8 @@ import (
 var extRe = regexp.MustCompile(`^[a-z0-9]{1,10}$`)
 
 // Checkpoint cadence: often enough that a crash loses little, rarely
-// enough that fsync and the database write stay off the hot path.
+// enough that the store's sync and the database write, both in the
+// background (store.ResumableWriter, saver), never hold up the upload.
 const (
 	checkpointBytes = 64 << 20
 	checkpointEvery = 2 * time.Second
@@ -134,9 +135,13 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		return toStatus(err)
 	}
 	interrupted := false
+	var sv saver
 	defer func() {
 		bg, cancel := background()
 		defer cancel()
+		// A record still being written is older than anything written
+		// below, and must not land after the upload's record is deleted.
+		sv.wait()
 		// Whatever failed once the stream's context ended (a checkpoint, a
 		// progress write) failed because the connection went: resumable.
 		if err != nil && !refused(err) && ctx.Err() != nil {
@@ -147,7 +152,7 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		case interrupted && up.Resumable():
 			// Keep the object and a checkpoint of all the store can make
 			// durable; the agent resumes from it.
-			s.checkpoint(bg, up, &sess, log, true)
+			s.checkpoint(bg, up, &sess, &sv, log, true)
 			up.Suspend(bg)
 			log.Info("upload interrupted; resumable", "committed", up.Committed(), "resume_at", sess.Offset, "err", err)
 		default:
@@ -273,18 +278,25 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 			}
 			now := s.now()
 			if up.Resumable() && (sinceCheckpoint >= checkpointBytes || now.Sub(lastCheckpoint) >= checkpointEvery) {
-				if err := s.checkpoint(ctx, up, &sess, log, false); err != nil {
+				if err := s.checkpoint(ctx, up, &sess, &sv, log, false); err != nil {
 					return err
 				}
 				sinceCheckpoint, lastCheckpoint = 0, now
 			}
-			if now.Sub(lastProgress) > 250*time.Millisecond {
+			// Progress is for watchers: when the database is still busy
+			// with this upload's last write, it waits for the next chunk.
+			if now.Sub(lastProgress) > 250*time.Millisecond && !sv.busy() {
 				lastProgress = now
 				done := up.Committed()
-				s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) { a.BytesDone = done })
+				if err := sv.start(func() error {
+					s.setArtifact(ctx, col.ID, art.Name, func(a *state.Artifact) { a.BytesDone = done })
+					return nil
+				}); err != nil {
+					return err
+				}
 			}
 		case *custodyv1.UploadRequest_Trailer:
-			return s.finishUpload(ctx, stream, col, art.Name, up, m.Trailer, compressed, sess, log)
+			return s.finishUpload(ctx, stream, col, art.Name, up, m.Trailer, compressed, sess, &sv, log)
 		default:
 			return fmt.Errorf("%w: unexpected %T after open", ErrInvalid, m)
 		}
@@ -344,7 +356,13 @@ func (s *Server) discardUpload(ctx context.Context, sess state.UploadSession, lo
 // earlier one started; final takes a second one, which the Store contract
 // (store.ResumableWriter) says covers all the store can make durable now,
 // as an upload that stops wants: a cut then costs only the chunks in flight.
-func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.UploadSession, log *slog.Logger, final bool) error {
+// checkpoint records in sess, and in the state database through sv, where
+// a resume of up would start. The store makes the bytes durable and sv
+// writes the record in the background, so the upload goes on meanwhile. A
+// final checkpoint (the upload is stopping) waits for both: it takes two
+// store checkpoints, since the first only starts the sync of everything
+// written (store.ResumableWriter), and writes its record itself.
+func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.UploadSession, sv *saver, log *slog.Logger, final bool) error {
 	if final {
 		if _, err := up.Checkpoint(ctx); err != nil {
 			log.Warn("checkpoint failed", "err", err)
@@ -358,15 +376,73 @@ func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.
 	}
 	sess.StoreState, sess.Stored, sess.StoredHash = cp.StoreState, cp.Stored, cp.StoredHash
 	sess.Seq, sess.Offset, sess.RawHash = cp.Position.Seq, cp.Position.Offset, cp.Position.HashState
-	return s.db.PutUpload(ctx, *sess)
+	rec := *sess
+	if final {
+		// The write in flight, if any, holds an older record.
+		sv.wait()
+		return s.db.PutUpload(ctx, rec)
+	}
+	return sv.start(func() error { return s.db.PutUpload(ctx, rec) })
+}
+
+// saver runs an upload's database writes off its loop, one at a time. With
+// the evidence being synced to the same disk, a write there waited 12 ms
+// for its fsync (measured: 32 checkpoints and 15 progress writes per 2 GiB
+// held the loop for 0.45 s of 3.8), while the agent waited on the window.
+type saver struct {
+	done chan struct{} // closed when the write in flight ends; nil if none
+	err  error         // the first write that failed
+}
+
+// busy reports whether a write is still running.
+func (v *saver) busy() bool {
+	if v.done == nil {
+		return false
+	}
+	select {
+	case <-v.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait waits for the write in flight and returns the first error any
+// write has had.
+func (v *saver) wait() error {
+	if v.done != nil {
+		<-v.done
+		v.done = nil
+	}
+	return v.err
+}
+
+// start waits for the write in flight, then starts write. It returns the
+// first error an earlier write had, and then starts nothing.
+func (v *saver) start(write func() error) error {
+	if err := v.wait(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	v.done = done
+	go func() {
+		defer close(done)
+		if err := write(); err != nil {
+			v.err = err
+		}
+	}()
+	return nil
 }
 
 func (s *Server) finishUpload(ctx context.Context, stream custodyv1.AgentService_UploadServer, col state.Collection, name string,
-	up *ingest.Upload, t *custodyv1.UploadTrailer, compressed bool, sess state.UploadSession, log *slog.Logger) error {
+	up *ingest.Upload, t *custodyv1.UploadTrailer, compressed bool, sess state.UploadSession, sv *saver, log *slog.Logger) error {
 	res, err := up.Finish(ctx, chunk.Trailer{Total: t.GetTotalLength(), SHA256: t.GetSha256(), Count: t.GetChunkCount()})
 	if err != nil {
 		return err
 	}
+	// The object is committed: a checkpoint still being written is moot,
+	// and must land before the record is deleted, not after.
+	sv.wait()
 	s.db.DeleteUpload(ctx, col.ID, name)
 	err = s.setArtifact(ctx, col.ID, name, func(a *state.Artifact) {
 		a.State = state.Complete
