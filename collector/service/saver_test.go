@@ -63,3 +63,28 @@ func TestSaver(t *testing.T) {
 		t.Fatalf("wait after a failed write: %v, want %v", err, broken)
 	}
 }
+
+// Inline, the saver writes on the caller's goroutine once the write in
+// flight is done, and returns that write's own error.
+func TestSaverInline(t *testing.T) {
+	var sv saver
+	release := make(chan struct{})
+	var order []int
+	sv.start(func() error { <-release; order = append(order, 1); return nil })
+	sv.inline = true
+	go close(release)
+	if err := sv.start(func() error { order = append(order, 2); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// No wait: the inline write is done when start returns.
+	if len(order) != 2 || order[0] != 1 || order[1] != 2 {
+		t.Fatalf("writes done when start returned: %v, want [1 2]", order)
+	}
+	if sv.busy() {
+		t.Fatal("busy after an inline write")
+	}
+	broken := errors.New("disk full")
+	if err := sv.start(func() error { return broken }); !errors.Is(err, broken) {
+		t.Fatalf("inline start of a failing write: %v, want %v", err, broken)
+	}
+}
