@@ -354,17 +354,14 @@ func (s *Server) discardUpload(ctx context.Context, sess state.UploadSession, lo
 	log.Info("partial upload discarded", "upload", sess.ID)
 }
 
-// checkpoint persists where the upload durably stands. A store may make
-// bytes durable in the background, so a checkpoint may cover only what an
-// earlier one started; final takes a second one, which the Store contract
-// (store.ResumableWriter) says covers all the store can make durable now,
-// as an upload that stops wants: a cut then costs only the chunks in flight.
-// checkpoint records in sess, and in the state database through sv, where
-// a resume of up would start. The store makes the bytes durable and sv
-// writes the record in the background, so the upload goes on meanwhile. A
-// final checkpoint (the upload is stopping) waits for both: it takes two
-// store checkpoints, since the first only starts the sync of everything
-// written (store.ResumableWriter), and writes its record itself.
+// checkpoint persists where the upload durably stands, in sess and, through
+// sv, in the state database. A store may make bytes durable in the
+// background, so a checkpoint may cover only what an earlier one started,
+// and sv may write the record in the background too. A final checkpoint
+// (the upload is stopping) waits for both: it takes a second store
+// checkpoint, which the Store contract (store.ResumableWriter) says covers
+// all the store can make durable now, and writes its record itself. A cut
+// then costs only the chunks in flight.
 func (s *Server) checkpoint(ctx context.Context, up *ingest.Upload, sess *state.UploadSession, sv *saver, log *slog.Logger, final bool) error {
 	if final {
 		if _, err := up.Checkpoint(ctx); err != nil {
