@@ -260,7 +260,11 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		switch m := msg.Msg.(type) {
 		case *custodyv1.UploadRequest_Chunk:
 			ch := m.Chunk
-			if len(s.uploads) == 1 {
+			// Alone, an upload reads the next message ahead (above) and
+			// writes its records in the background (saver); with others
+			// running it does neither.
+			alone := len(s.uploads) == 1
+			if alone {
 				want <- struct{}{}
 				asked = true
 			}
@@ -276,9 +280,7 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 				interrupted = true
 				return err
 			}
-			// Alone, an upload writes its records in the background; with
-			// others running it writes them itself (saver).
-			sv.inline = len(s.uploads) > 1
+			sv.inline = !alone
 			now := s.now()
 			if up.Resumable() && (sinceCheckpoint >= checkpointBytes || now.Sub(lastCheckpoint) >= checkpointEvery) {
 				if err := s.checkpoint(ctx, up, &sess, &sv, log, false); err != nil {
