@@ -303,18 +303,20 @@ func TestAgentCannotUploadForAnotherAgentsTask(t *testing.T) {
 	}
 }
 
-func TestUploadVerifiedAndSealed(t *testing.T) {
-	e := newEnv(t)
+// uploadFile has a new agent of e collect the file artifact, data, as an
+// agent does (a bulk upload) for alice, and waits for the collection to be
+// complete. It returns the agent's ID, the collection and the upload's
+// result.
+func uploadFile(t *testing.T, e *env, data []byte) (string, *custodyv1.Collection, upload.Result) {
+	t.Helper()
 	agentID, _, agent := e.enrolledAgent()
 	r := e.responder("alice")
 	sctx, cancel := context.WithCancel(ctx(t))
-	defer cancel()
+	t.Cleanup(cancel)
 	s := session(t, agent, sctx)
 	col := collect(t, r, agentID, "file")
 	task := nextTask(t, s)
 
-	data := make([]byte, 9<<20+123)
-	rand.Read(data[:3<<20])
 	up, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: int64(len(data)), Bulk: true})
 	if err != nil {
 		t.Fatal(err)
@@ -326,13 +328,21 @@ func TestUploadVerifiedAndSealed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := sha256.Sum256(data)
-	if !bytes.Equal(res.RawSHA256, want[:]) {
-		t.Fatal("committed hash differs from the source")
-	}
 	final := waitFinal(t, r, col.GetCollectionId())
 	if final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
 		t.Fatalf("collection %s: %v", final.GetState(), final)
+	}
+	return agentID, col, res
+}
+
+func TestUploadVerifiedAndSealed(t *testing.T) {
+	e := newEnv(t)
+	data := make([]byte, 9<<20+123)
+	rand.Read(data[:3<<20])
+	agentID, col, res := uploadFile(t, e, data)
+	want := sha256.Sum256(data)
+	if !bytes.Equal(res.RawSHA256, want[:]) {
+		t.Fatal("committed hash differs from the source")
 	}
 
 	dir := filepath.Join(e.dir, "evidence", "IR-1", agentID, col.GetCollectionId())
@@ -364,14 +374,6 @@ func TestUploadVerifiedAndSealed(t *testing.T) {
 // land late) as a resumable session.
 func TestCheckpointedUploadLeavesNoSession(t *testing.T) {
 	e := newEnv(t)
-	agentID, _, agent := e.enrolledAgent()
-	r := e.responder("alice")
-	sctx, cancel := context.WithCancel(ctx(t))
-	defer cancel()
-	s := session(t, agent, sctx)
-	col := collect(t, r, agentID, "file")
-	task := nextTask(t, s)
-
 	// One checkpoint's worth (64 MiB), so that its record is written in
 	// the background just as the trailer arrives; mostly zeros, so that it
 	// is quick.
@@ -379,19 +381,7 @@ func TestCheckpointedUploadLeavesNoSession(t *testing.T) {
 	for off := 0; off < len(data); off += 1 << 20 {
 		rand.Read(data[off : off+4096])
 	}
-	up, err := upload.Start(ctx(t), agent, upload.Options{TaskID: task.GetTaskId(), Artifact: "file", Extension: "bin", ExpectedSize: int64(len(data)), Bulk: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(up, bytes.NewReader(data)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := up.Close(upload.Trailer{Source: "test"}); err != nil {
-		t.Fatal(err)
-	}
-	if final := waitFinal(t, r, col.GetCollectionId()); final.GetState() != custodyv1.CollectionState_COLLECTION_STATE_COMPLETE {
-		t.Fatalf("collection %s: %v", final.GetState(), final)
-	}
+	_, col, _ := uploadFile(t, e, data)
 	if sess, err := e.db.GetUpload(ctx(t), col.GetCollectionId(), "file"); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("after the commit, the upload session is still recorded (%+v, %v)", sess, err)
 	}
