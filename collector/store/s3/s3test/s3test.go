@@ -183,23 +183,34 @@ func start(bin, dir string) (*Server, error) {
 	return s, nil
 }
 
+// waitReady waits until the server answers a request signed with its own
+// keys. Any answer would not do: the port was free when picked, but a
+// server of a parallel test may have taken it since, and this one then
+// exits (address in use) while the other answers, refusing every request
+// of this test as SignatureDoesNotMatch.
 func (s *Server) waitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: time.Second}
+	c := s3api.New(s3api.Options{
+		Region: Region, BaseEndpoint: aws.String(s.Endpoint), UsePathStyle: true,
+		Credentials:      credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+		RetryMaxAttempts: 1, HTTPClient: &http.Client{Timeout: time.Second},
+	})
+	var lastErr error
 	for time.Now().Before(deadline) {
 		select {
 		case <-s.done:
 			return errors.New("exited before it was ready")
 		default:
 		}
-		// Any HTTP answer (403 without credentials) means it serves.
-		if resp, err := c.Get(s.Endpoint + "/"); err == nil {
-			resp.Body.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, lastErr = c.ListBuckets(ctx, &s3api.ListBucketsInput{})
+		cancel()
+		if lastErr == nil {
 			return nil
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-	return fmt.Errorf("not answering after %s", timeout)
+	return fmt.Errorf("not answering with its keys after %s: %v", timeout, lastErr)
 }
 
 // Pid is the server process's id (a benchmark reads its CPU time).
