@@ -41,12 +41,7 @@ func TestSaver(t *testing.T) {
 	if err := sv.wait(); err != nil {
 		t.Fatal(err)
 	}
-	if len(order) != 2 || order[0] != 1 || order[1] != 2 {
-		t.Fatalf("writes ran in the order %v, want [1 2]", order)
-	}
-	if sv.busy() {
-		t.Fatal("busy after wait")
-	}
+	wantBothWritten(t, &sv, order, "after wait")
 
 	broken := errors.New("disk full")
 	if err := sv.start(func() error { return broken }); err != nil {
@@ -77,14 +72,21 @@ func TestSaverInline(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No wait: the inline write is done when start returns.
-	if len(order) != 2 || order[0] != 1 || order[1] != 2 {
-		t.Fatalf("writes done when start returned: %v, want [1 2]", order)
-	}
-	if sv.busy() {
-		t.Fatal("busy after an inline write")
-	}
+	wantBothWritten(t, &sv, order, "when an inline start returned")
 	broken := errors.New("disk full")
 	if err := sv.start(func() error { return broken }); !errors.Is(err, broken) {
 		t.Fatalf("inline start of a failing write: %v, want %v", err, broken)
+	}
+}
+
+// wantBothWritten checks that writes 1 and 2 ran, in that order, and that
+// none is still running, at the point named by when.
+func wantBothWritten(t *testing.T, sv *saver, order []int, when string) {
+	t.Helper()
+	if len(order) != 2 || order[0] != 1 || order[1] != 2 {
+		t.Fatalf("writes done %s: %v, want [1 2]", when, order)
+	}
+	if sv.busy() {
+		t.Fatalf("busy %s", when)
 	}
 }
