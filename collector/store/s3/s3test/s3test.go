@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"go/build"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -190,11 +189,8 @@ func start(bin, dir string) (*Server, error) {
 // of this test as SignatureDoesNotMatch.
 func (s *Server) waitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	c := s3api.New(s3api.Options{
-		Region: Region, BaseEndpoint: aws.String(s.Endpoint), UsePathStyle: true,
-		Credentials:      credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
-		RetryMaxAttempts: 1, HTTPClient: &http.Client{Timeout: time.Second},
-	})
+	c := s.Client()
+	once := func(o *s3api.Options) { o.RetryMaxAttempts = 1 }
 	var lastErr error
 	for time.Now().Before(deadline) {
 		select {
@@ -203,7 +199,7 @@ func (s *Server) waitReady(timeout time.Duration) error {
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, lastErr = c.ListBuckets(ctx, &s3api.ListBucketsInput{})
+		_, lastErr = c.ListBuckets(ctx, &s3api.ListBucketsInput{}, once)
 		cancel()
 		if lastErr == nil {
 			return nil
