@@ -91,6 +91,11 @@ func (w *Writer) Write(p []byte) (int, error) {
 // ReadFrom reads r to its end straight into the chunk being filled,
 // sparing the copy Write makes: for a bulk source the copy costs as much as
 // a twentieth of the sender's CPU. Errors from r are returned as they are.
+//
+// It reads on the calling goroutine. Reading the next chunk ahead on a
+// goroutine of its own, into a second buffer, was measured (BenchmarkAB,
+// 5 rounds, agent and collector on 2 CPUs): 549 against 569 MiB/s, at 0.2
+// CPU-s more per 2 GiB, the price of each chunk crossing CPUs.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
 	for {
