@@ -216,7 +216,7 @@ func memoryImageCluster(b *testing.B) (c *e2e.Cluster, img, sum string) {
 }
 
 // timeShell runs a bash pipeline with args as $1, $2, … and returns its
-// wall-clock time.
+// wall-clock time and the CPU time of all its processes.
 func timeShell(b *testing.B, ctx context.Context, script string, args ...string) (took, cpu time.Duration) {
 	b.Helper()
 	cmd := exec.CommandContext(ctx, "bash", append([]string{"-o", "pipefail", "-c", script, "bench"}, args...)...)
