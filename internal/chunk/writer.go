@@ -156,9 +156,9 @@ func (w *Writer) submit() error {
 // same 2 CPUs. Two ways to split a chunk's work were measured (BenchmarkAB,
 // 4 rounds): hashing it on a second goroutine while this one compresses it
 // (568 against 585 MiB/s), and compressing it on one worker while the next
-// chunk is read and hashed here (553 against 566). Each cost 0.2-0.3 CPU-s
-// more per 2 GiB as the chunk crossed CPUs, and the total CPU time is as
-// binding as this goroutine's.
+// chunk is read and hashed here (553 against 566). Each halved this
+// goroutine's path but cost 0.2-0.3 CPU-s more per 2 GiB, and the total CPU
+// time over 2 CPUs binds as much as this goroutine does.
 func (w *Writer) inline() error {
 	seq, off, sum, err := w.enc.advance(w.raw)
 	if err != nil {
