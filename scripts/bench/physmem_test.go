@@ -31,9 +31,9 @@ import (
 //   - the local ceiling, zstd -1 < img | sha256sum
 //
 // The targets are at least 5x the first and 0.7x the second; they are
-// reported as x_of_orchestrator and x_of_zstd_ceiling (the median of
-// ceilingPairs runs in turns, the extremes as x_of_zstd_ceiling_min and
-// _max), not asserted.
+// reported as x_of_orchestrator and x_of_zstd_ceiling (the lower median
+// of ceilingPairs pairs, each side first in turn; the extremes as
+// x_of_zstd_ceiling_min and _max), not asserted.
 //
 // Also reported: the work the protocol mandates, measured alone on one
 // goroutine over the same image (mandatedWork), and the ratio to the
@@ -63,6 +63,17 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	// same collection has cost 6.7 and 8.1 CPU-s minutes apart), which
 	// moved the ratio of single runs from 0.61 to 0.76 on one code; a pair
 	// run back to back sees the same machine.
+	//
+	// Which of the two runs first alternates from pair to pair, and there
+	// is an even number of pairs: a run right after zstd is slower. Custody
+	// collected the image at 497-578 MiB/s right after zstd -1 over it
+	// (alone or as the ceiling), against 564-599 after its own collection
+	// and 560-602 after 2.6 s of sleep, of a busy loop on both CPUs or of
+	// cat over the image, all on one pair of processes in rotation (4
+	// rounds each, twice); the ceiling right after custody was not slower
+	// than right after itself. With the ceiling always first, every custody
+	// run paid that and the ceiling never did. Of the two middle pairs the
+	// lower counts.
 	outDir := b.TempDir()
 	ceilingCmd := `zstd -1 -q -c < "$1" | sha256sum > /dev/null`
 	orchestratorCmd := `cat "$1" | tee >(sha256sum > "$2/h") | gzip | cat > "$2/out"`
@@ -82,9 +93,12 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	ratio := func(p pair) float64 { return p.ceiling.Seconds() / p.custody.Seconds() }
 	collector, agent, agentID := c.StartPair(ctx)
 	var pairs []pair
-	for range ceilingPairs {
+	for i := range ceilingPairs {
 		var p pair
-		p.ceiling, p.ceilingCPU = timeShell(b, ctx, ceilingCmd, img)
+		ceilingFirst := i%2 == 0
+		if ceilingFirst {
+			p.ceiling, p.ceilingCPU = timeShell(b, ctx, ceilingCmd, img)
+		}
 		a0, c0 := cpuSeconds(agent.Pid()), cpuSeconds(collector.Pid())
 		b.ResetTimer()
 		total, stored := collectFileN(b, c, agentID, img, "BENCH-MEM", "20m", sum, size)
@@ -92,6 +106,9 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 		p.custody, p.stored = total/time.Duration(b.N), stored
 		p.agentCPU = (cpuSeconds(agent.Pid()) - a0) / float64(b.N)
 		p.collectorCPU = (cpuSeconds(collector.Pid()) - c0) / float64(b.N)
+		if !ceilingFirst {
+			p.ceiling, p.ceilingCPU = timeShell(b, ctx, ceilingCmd, img)
+		}
 		pairs = append(pairs, p)
 	}
 	agentPeak, _ := agent.PeakRSS()
@@ -106,7 +123,7 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 		ratios[i] = ratio(p)
 	}
 	slices.SortFunc(pairs, func(x, y pair) int { return cmp.Compare(ratio(x), ratio(y)) })
-	med := pairs[len(pairs)/2]
+	med := pairs[(len(pairs)-1)/2]
 
 	rate := size / mib / med.custody.Seconds()
 	orchRate := size / mib / orchestrator.Seconds()
@@ -127,7 +144,7 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	b.ReportMetric(med.ceiling.Seconds()/agentWork.Seconds(), "x_of_zstd_ceiling_serial_bound")
 	b.ReportMetric(med.ceilingCPU.Seconds(), "zstd_ceiling_cpu_s")
 	b.Logf("2 GiB memory-like image: custody %.0f MiB/s (%.1fs, stored %.0f MiB, peak RSS agent %.0f MiB, collector %.0f MiB, CPU agent %.1fs, collector %.1fs); "+
-		"orchestrator cat|tee sha256sum|gzip %.0f MiB/s (%.1fs, faster of 2) -> %.1fx (target >= 5x); zstd -1|sha256sum %.0f MiB/s (%.1fs) -> %.2fx (target >= 0.7x), the median of %d pairs run in turns: %s",
+		"orchestrator cat|tee sha256sum|gzip %.0f MiB/s (%.1fs, faster of 2) -> %.1fx (target >= 5x); zstd -1|sha256sum %.0f MiB/s (%.1fs) -> %.2fx (target >= 0.7x), the lower median of %d pairs, ceiling and custody first in turn: %s",
 		rate, med.custody.Seconds(), float64(med.stored)/mib, float64(agentPeak)/mib, float64(collectorPeak)/mib, med.agentCPU, med.collectorCPU,
 		orchRate, orchestrator.Seconds(), rate/orchRate, ceilRate, med.ceiling.Seconds(), ratio(med), len(pairs), join(ratios, "%.2f"))
 	b.Logf("mandated work alone on one CPU: agent %.2fs (chunk+stream SHA-256, zstd), collector %.2fs (zstd decode, chunk+stream SHA-256, stored SHA-256) = %.2f CPU-s. "+
@@ -193,8 +210,8 @@ func mandatedWork(path string) (agent, collector time.Duration, err error) {
 }
 
 // ceilingPairs is how many times BenchmarkMemoryImage2GiB runs the
-// ceiling and custody in turns.
-const ceilingPairs = 5
+// ceiling and custody in turns; even, so each runs first as often.
+const ceilingPairs = 6
 
 // memoryImageSize is the size of the memory-like image the physical memory
 // benchmarks capture.
