@@ -58,7 +58,8 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	// would flatter custody's ratio.
 	//
 	// The ceiling and custody run in turns, ceilingPairs times, and the
-	// median of the pairs' ratios counts, with that pair's rates and CPU.
+	// median pair by ratio counts (of the two middle ones, the lower), with
+	// its rates and CPU.
 	// This machine's speed drifts by 10% or more over tens of seconds (the
 	// same collection has cost 6.7 and 8.1 CPU-s minutes apart), which
 	// moved the ratio of single runs from 0.61 to 0.76 on one code; a pair
@@ -72,8 +73,7 @@ func BenchmarkMemoryImage2GiB(b *testing.B) {
 	// cat over the image, all on one pair of processes in rotation (4
 	// rounds each, twice); the ceiling right after custody was not slower
 	// than right after itself. With the ceiling always first, every custody
-	// run paid that and the ceiling never did. Of the two middle pairs the
-	// lower counts.
+	// run paid that and the ceiling never did.
 	outDir := b.TempDir()
 	ceilingCmd := `zstd -1 -q -c < "$1" | sha256sum > /dev/null`
 	orchestratorCmd := `cat "$1" | tee >(sha256sum > "$2/h") | gzip | cat > "$2/out"`
