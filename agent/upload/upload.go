@@ -139,6 +139,11 @@ func Start(ctx context.Context, client custodyv1.AgentServiceClient, opts Option
 		cancel()
 		return nil, err
 	}
+	if acc.GetAcceptsStreamSha256() {
+		// One hash of each raw byte instead of two; an older collector
+		// gets each chunk's own digest.
+		enc.SetDigest(chunk.DigestStream)
+	}
 	s := &Stream{stream: st, cancel: cancel, slots: make(chan struct{}, opts.Window), opts: opts, recvDone: make(chan struct{}),
 		resumeAt: acc.GetResumeOffset(), resumeSum: acc.GetResumeSha256()}
 	size := chunk.MaxRawSize
@@ -229,7 +234,7 @@ func (s *Stream) send(c chunk.Chunk) error {
 		return fmt.Errorf("upload %s: collector closed the stream", s.opts.Artifact)
 	}
 	err := s.stream.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Chunk{Chunk: &custodyv1.Chunk{
-		Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, Data: c.Data,
+		Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, StreamSha256: c.StreamSHA256, Data: c.Data,
 	}}})
 	if err != nil {
 		<-s.recvDone

@@ -10,14 +10,17 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -309,7 +312,17 @@ func TestAgentCannotUploadForAnotherAgentsTask(t *testing.T) {
 // result.
 func uploadFile(t *testing.T, e *env, data []byte) (string, *custodyv1.Collection, upload.Result) {
 	t.Helper()
+	return uploadFileVia(t, e, data, nil)
+}
+
+// uploadFileVia is uploadFile with the agent's client passed through wrap
+// (nil: as it is).
+func uploadFileVia(t *testing.T, e *env, data []byte, wrap func(custodyv1.AgentServiceClient) custodyv1.AgentServiceClient) (string, *custodyv1.Collection, upload.Result) {
+	t.Helper()
 	agentID, _, agent := e.enrolledAgent()
+	if wrap != nil {
+		agent = wrap(agent)
+	}
 	r := e.responder("alice")
 	sctx, cancel := context.WithCancel(ctx(t))
 	t.Cleanup(cancel)
@@ -369,6 +382,77 @@ func TestUploadVerifiedAndSealed(t *testing.T) {
 	}
 }
 
+// digestAgent is an agent's client whose uploads count the digests their
+// chunks carry and, with old set, hide the collector's acceptance of
+// stream digests, as a collector from before them would send it.
+type digestAgent struct {
+	custodyv1.AgentServiceClient
+	old         bool
+	mu          sync.Mutex
+	own, stream int
+}
+
+func (a *digestAgent) Upload(ctx context.Context, opts ...grpc.CallOption) (custodyv1.AgentService_UploadClient, error) {
+	up, err := a.AgentServiceClient.Upload(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &digestUpload{AgentService_UploadClient: up, a: a}, nil
+}
+
+type digestUpload struct {
+	custodyv1.AgentService_UploadClient
+	a *digestAgent
+}
+
+func (u *digestUpload) Send(m *custodyv1.UploadRequest) error {
+	if c := m.GetChunk(); c != nil {
+		u.a.mu.Lock()
+		u.a.own += min(len(c.GetSha256()), 1)
+		u.a.stream += min(len(c.GetStreamSha256()), 1)
+		u.a.mu.Unlock()
+	}
+	return u.AgentService_UploadClient.Send(m)
+}
+
+func (u *digestUpload) Recv() (*custodyv1.UploadResponse, error) {
+	m, err := u.AgentService_UploadClient.Recv()
+	if acc := m.GetAccepted(); acc != nil && u.a.old {
+		acc.AcceptsStreamSha256 = false
+	}
+	return m, err
+}
+
+// An agent sends each chunk's stream digest alone to a collector that
+// accepts it, and its own digest alone to one that does not say so; the
+// collector verifies and seals both.
+func TestAgentDigestFollowsCollector(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		t.Run(fmt.Sprintf("old=%v", old), func(t *testing.T) {
+			e := newEnv(t)
+			data := make([]byte, 9<<20+123)
+			rand.Read(data[:5<<20])
+			a := &digestAgent{old: old}
+			_, _, res := uploadFileVia(t, e, data, func(c custodyv1.AgentServiceClient) custodyv1.AgentServiceClient {
+				a.AgentServiceClient = c
+				return a
+			})
+			if want := sha256.Sum256(data); !bytes.Equal(res.RawSHA256, want[:]) {
+				t.Fatal("committed hash differs from the source")
+			}
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			wantOwn, wantStream := 0, 3
+			if old {
+				wantOwn, wantStream = 3, 0
+			}
+			if a.own != wantOwn || a.stream != wantStream {
+				t.Fatalf("chunks with their own digest %d, with the stream's %d; want %d and %d", a.own, a.stream, wantOwn, wantStream)
+			}
+		})
+	}
+}
+
 // An upload long enough to checkpoint while it runs writes its checkpoint
 // records in the background; once committed, none of them may be left (or
 // land late) as a resumable session.
@@ -393,6 +477,7 @@ func TestCheckpointedUploadLeavesNoSession(t *testing.T) {
 func TestTampering(t *testing.T) {
 	raw := make([]byte, 3<<20)
 	rand.Read(raw[:1<<20])
+	raw[1<<20], raw[2<<20] = 1, 2 // no two chunks alike
 	encode := func() ([]chunk.Chunk, chunk.Trailer) {
 		enc, _ := chunk.NewEncoder(true)
 		var cs []chunk.Chunk
@@ -401,6 +486,14 @@ func TestTampering(t *testing.T) {
 			cs = append(cs, c)
 		}
 		return cs, enc.Trailer()
+	}
+	// streamDigests swaps each chunk's own digest for the stream's.
+	streamDigests := func(cs []chunk.Chunk) []chunk.Chunk {
+		for i := range cs {
+			sum := sha256.Sum256(raw[:cs[i].Offset+cs[i].RawLen])
+			cs[i].SHA256, cs[i].StreamSHA256 = nil, sum[:]
+		}
+		return cs
 	}
 	tests := []struct {
 		name     string
@@ -413,6 +506,18 @@ func TestTampering(t *testing.T) {
 			cs[1].SHA256[3] ^= 0xff
 			return cs
 		}, codes.DataLoss, "SHA-256 mismatch"},
+		{"bytes do not match stream hash", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk {
+			cs = streamDigests(cs)
+			cs[1].StreamSHA256[3] ^= 0xff
+			return cs
+		}, codes.DataLoss, "SHA-256 mismatch"},
+		{"chunks swapped with their stream hashes", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk {
+			cs = streamDigests(cs)
+			cs[1].Data, cs[2].Data = cs[2].Data, cs[1].Data
+			cs[1].StreamSHA256, cs[2].StreamSHA256 = cs[2].StreamSHA256, cs[1].StreamSHA256
+			return cs
+		}, codes.DataLoss, "SHA-256 mismatch"},
+		{"no hash", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { cs[1].SHA256 = nil; return cs }, codes.DataLoss, "carries no digest"},
 		{"gap in offsets", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { cs[1].Offset += 10; return cs }, codes.DataLoss, "wrong offset"},
 		{"overlap in offsets", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { cs[1].Offset -= 10; return cs }, codes.DataLoss, "wrong offset"},
 		{"repeated sequence", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk { return []chunk.Chunk{cs[0], cs[0]} }, codes.DataLoss, "wrong sequence"},
@@ -448,7 +553,7 @@ func TestTampering(t *testing.T) {
 			var err error
 			for _, c := range cs {
 				err = up.Send(&custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Chunk{Chunk: &custodyv1.Chunk{
-					Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, Data: c.Data}}})
+					Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, StreamSha256: c.StreamSHA256, Data: c.Data}}})
 				if err != nil {
 					break
 				}

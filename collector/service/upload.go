@@ -179,7 +179,8 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 		return err
 	}
 	pos := up.Position()
-	acc := &custodyv1.UploadAccepted{UploadId: sess.ID, MaxChunkSize: maxChunk, ResumeOffset: pos.Offset, NextSequence: pos.Seq}
+	acc := &custodyv1.UploadAccepted{UploadId: sess.ID, MaxChunkSize: maxChunk, ResumeOffset: pos.Offset, NextSequence: pos.Seq,
+		AcceptsStreamSha256: true}
 	if pos.Offset > 0 {
 		acc.ResumeSha256State, acc.ResumeSha256 = pos.HashState, up.RawSum()
 	}
@@ -268,7 +269,8 @@ func (s *Server) Upload(stream custodyv1.AgentService_UploadServer) (err error) 
 				want <- struct{}{}
 				asked = true
 			}
-			err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(), SHA256: ch.GetSha256(), Data: ch.GetData()})
+			err := up.Write(chunk.Chunk{Seq: ch.GetSequence(), Offset: ch.GetOffset(), RawLen: ch.GetRawLength(),
+				SHA256: ch.GetSha256(), StreamSHA256: ch.GetStreamSha256(), Data: ch.GetData()})
 			releaseChunk(ch) // written or refused: its data is not needed again
 			if err != nil {
 				return err

@@ -37,14 +37,36 @@ var (
 )
 
 // Chunk is one piece of the raw stream as it travels: Data is a single zstd
-// frame (or the raw bytes when uncompressed) and SHA256 covers the raw bytes.
+// frame (or the raw bytes when uncompressed). It carries SHA256, the digest
+// of its own raw bytes, StreamSHA256, the digest of the raw stream from its
+// first byte through this chunk's last, or both (see Digest).
 type Chunk struct {
-	Seq    uint64
-	Offset int64
-	RawLen int64
-	SHA256 []byte
-	Data   []byte
+	Seq          uint64
+	Offset       int64
+	RawLen       int64
+	SHA256       []byte
+	StreamSHA256 []byte
+	Data         []byte
 }
+
+// Digest is the SHA-256 an Encoder puts on each chunk. Either proves every
+// raw byte of the chunk to a verifier that has checked the chunks before
+// it, and either is checked as soon as the chunk arrives.
+type Digest int
+
+const (
+	// DigestOwn is the chunk's own digest (Chunk.SHA256), which every
+	// collector checks. With the whole-stream digest the trailer needs, it
+	// hashes each raw byte twice, on both sides (sha256x2 runs the two
+	// digests at about 1.2 times the cost of one).
+	DigestOwn Digest = iota
+	// DigestStream is the running whole-stream digest at the chunk's end
+	// (Chunk.StreamSHA256): one hash of each raw byte on each side, for
+	// collectors that accept it. On the 2 GiB memory image, agent and
+	// collector on 2 CPUs, it took 0.6 CPU-s off a collection's 7.0 and
+	// raised the rate from 547 to 597 MiB/s (BenchmarkAB, 4 rounds).
+	DigestStream
+)
 
 // Trailer is the sender's account of the whole stream.
 type Trailer struct {
@@ -59,6 +81,7 @@ type Encoder struct {
 	concurrency int
 	zenc        *zstd.Encoder
 	whole       hash.Hash
+	digest      Digest
 	seq         uint64
 	offset      int64
 }
@@ -187,18 +210,29 @@ func windowSize(c Codec) int {
 	return 1 << 20
 }
 
+// SetDigest chooses the digest each chunk carries (DigestOwn unless set);
+// call it before the first chunk.
+func (e *Encoder) SetDigest(d Digest) { e.digest = d }
+
 // advance accounts raw as the next chunk of the stream, in order,
-// without encoding it: it returns the chunk's sequence number, offset and
-// own SHA-256, computed in the same pass as the whole-stream hash.
-func (e *Encoder) advance(raw []byte) (seq uint64, off int64, sum [sha256.Size]byte, err error) {
+// without encoding it: it returns the chunk but for its Data, with the
+// digest SetDigest chose, computed in the same pass as the whole-stream
+// hash.
+func (e *Encoder) advance(raw []byte) (Chunk, error) {
 	if len(raw) == 0 || len(raw) > MaxRawSize {
-		return 0, 0, sum, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
+		return Chunk{}, fmt.Errorf("%w: %d raw bytes (1..%d)", ErrTooLarge, len(raw), MaxRawSize)
 	}
-	sum = sha256x2.Sum256AndWrite(e.whole, raw)
-	seq, off = e.seq, e.offset
+	c := Chunk{Seq: e.seq, Offset: e.offset, RawLen: int64(len(raw))}
+	if e.digest == DigestStream {
+		e.whole.Write(raw)
+		c.StreamSHA256 = e.whole.Sum(nil)
+	} else {
+		sum := sha256x2.Sum256AndWrite(e.whole, raw)
+		c.SHA256 = sum[:]
+	}
 	e.seq++
 	e.offset += int64(len(raw))
-	return seq, off, sum, nil
+	return c, nil
 }
 
 // frame encodes raw into dst; safe to call from several goroutines at once
@@ -213,15 +247,15 @@ func (e *Encoder) frame(raw, dst []byte) ([]byte, error) {
 // Encode frames raw as the next chunk. dst is reused for the frame when it
 // has capacity; the returned Chunk aliases it.
 func (e *Encoder) Encode(raw, dst []byte) (Chunk, error) {
-	seq, off, sum, err := e.advance(raw)
+	c, err := e.advance(raw)
 	if err != nil {
 		return Chunk{}, err
 	}
-	data, err := e.frame(raw, dst)
+	c.Data, err = e.frame(raw, dst)
 	if err != nil {
 		return Chunk{}, err
 	}
-	return Chunk{Seq: seq, Offset: off, RawLen: int64(len(raw)), SHA256: sum[:], Data: data}, nil
+	return c, nil
 }
 
 // Trailer returns the account of everything encoded so far.
@@ -332,8 +366,13 @@ func (v *Verifier) verify(c Chunk, dst []byte) ([]byte, error) {
 	if len(c.Data) > MaxFrameSize {
 		return nil, fmt.Errorf("%w: chunk %d carries %d bytes (max %d)", ErrTooLarge, c.Seq, len(c.Data), MaxFrameSize)
 	}
-	if len(c.SHA256) != sha256.Size {
-		return nil, fmt.Errorf("%w: chunk %d has a %d-byte digest", ErrHash, c.Seq, len(c.SHA256))
+	if len(c.SHA256) == 0 && len(c.StreamSHA256) == 0 {
+		return nil, fmt.Errorf("%w: chunk %d carries no digest", ErrHash, c.Seq)
+	}
+	for _, d := range [][]byte{c.SHA256, c.StreamSHA256} {
+		if len(d) != 0 && len(d) != sha256.Size {
+			return nil, fmt.Errorf("%w: chunk %d has a %d-byte digest", ErrHash, c.Seq, len(d))
+		}
 	}
 	raw := c.Data
 	if v.compressed {
@@ -346,21 +385,40 @@ func (v *Verifier) verify(c Chunk, dst []byte) ([]byte, error) {
 	if int64(len(raw)) != c.RawLen {
 		return raw, fmt.Errorf("%w: chunk %d decodes to %d bytes, header says %d", ErrLength, c.Seq, len(raw), c.RawLen)
 	}
-	// Both digests in one pass; the stream's state is put back if the
-	// chunk turns out wrong, so that a rejected chunk leaves no trace.
+	// The stream's state is put back if the chunk turns out wrong, so
+	// that a rejected chunk leaves no trace.
 	before := hashState(v.whole)
-	if sum := sha256x2.Sum256AndWrite(v.whole, raw); !bytes.Equal(sum[:], c.SHA256) {
-		restored, err := restoreHash(before)
-		if err != nil {
-			panic(err) // a state hashState just produced
+	if err := v.digest(c, raw); err != nil {
+		restored, rerr := restoreHash(before)
+		if rerr != nil {
+			panic(rerr) // a state hashState just produced
 		}
 		v.whole = restored
-		return raw, fmt.Errorf("%w: chunk %d at offset %d: computed %s, sent %s",
-			ErrHash, c.Seq, c.Offset, hex.EncodeToString(sum[:]), hex.EncodeToString(c.SHA256))
+		return raw, err
 	}
 	v.next++
 	v.offset += c.RawLen
 	return raw, nil
+}
+
+// digest adds raw to the stream hash and checks each digest c carries.
+func (v *Verifier) digest(c Chunk, raw []byte) error {
+	if len(c.SHA256) != 0 {
+		// The chunk's own digest and the stream's in one pass.
+		if sum := sha256x2.Sum256AndWrite(v.whole, raw); !bytes.Equal(sum[:], c.SHA256) {
+			return fmt.Errorf("%w: chunk %d at offset %d: computed %s, sent %s",
+				ErrHash, c.Seq, c.Offset, hex.EncodeToString(sum[:]), hex.EncodeToString(c.SHA256))
+		}
+	} else {
+		v.whole.Write(raw)
+	}
+	if len(c.StreamSHA256) != 0 {
+		if sum := v.whole.Sum(nil); !bytes.Equal(sum, c.StreamSHA256) {
+			return fmt.Errorf("%w: chunk %d at offset %d: stream through it computed %s, sent %s",
+				ErrHash, c.Seq, c.Offset, hex.EncodeToString(sum), hex.EncodeToString(c.StreamSHA256))
+		}
+	}
+	return nil
 }
 
 // Position returns where the verified stream stands now.

@@ -11,12 +11,13 @@ import (
 	"testing/iotest"
 )
 
-func encodeAll(t *testing.T, compress bool, data []byte, size int) ([]Chunk, Trailer) {
+func encodeAll(t *testing.T, compress bool, data []byte, size int, d Digest) ([]Chunk, Trailer) {
 	t.Helper()
 	e, err := NewEncoder(compress)
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.SetDigest(d)
 	var out []Chunk
 	for off := 0; off < len(data); off += size {
 		end := min(off+size, len(data))
@@ -29,6 +30,18 @@ func encodeAll(t *testing.T, compress bool, data []byte, size int) ([]Chunk, Tra
 	return out, e.Trailer()
 }
 
+var digests = []Digest{DigestOwn, DigestStream}
+
+func (d Digest) String() string { return [...]string{"own", "stream"}[d] }
+
+// carried is the digest field of c that d fills.
+func carried(c *Chunk, d Digest) *[]byte {
+	if d == DigestStream {
+		return &c.StreamSHA256
+	}
+	return &c.SHA256
+}
+
 func testData(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b[:n/2]) // half random, half zeros: both paths of the compressor
@@ -36,61 +49,79 @@ func testData(n int) []byte {
 }
 
 func TestRoundTrip(t *testing.T) {
-	for _, compress := range []bool{true, false} {
-		data := testData(9<<20 + 17)
-		chunks, tr := encodeAll(t, compress, data, MaxRawSize)
-		v, err := NewVerifier(compress)
+	for _, d := range digests {
+		for _, compress := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%v/compress=%v", d, compress), func(t *testing.T) { testRoundTrip(t, compress, d) })
+		}
+	}
+}
+
+func testRoundTrip(t *testing.T, compress bool, d Digest) {
+	data := testData(9<<20 + 17)
+	chunks, tr := encodeAll(t, compress, data, MaxRawSize, d)
+	v, err := NewVerifier(compress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for _, c := range chunks {
+		// Exactly the digest asked for: the own digest of the chunk's
+		// bytes, or the digest of the stream through them.
+		want := sha256.Sum256(data[c.Offset : c.Offset+c.RawLen])
+		if d == DigestStream {
+			want = sha256.Sum256(data[:c.Offset+c.RawLen])
+		}
+		if !bytes.Equal(*carried(&c, d), want[:]) || len(c.SHA256)+len(c.StreamSHA256) != sha256.Size {
+			t.Fatalf("chunk %d carries SHA256 %x, StreamSHA256 %x; want %x as %v", c.Seq, c.SHA256, c.StreamSHA256, want, d)
+		}
+		raw, err := v.Verify(c)
 		if err != nil {
-			t.Fatal(err)
-		}
-		var got []byte
-		for _, c := range chunks {
-			raw, err := v.Verify(c)
-			if err != nil {
-				t.Fatalf("compress=%v: %v", compress, err)
-			}
-			got = append(got, raw...)
-		}
-		if err := v.Finish(tr); err != nil {
 			t.Fatalf("compress=%v: %v", compress, err)
 		}
-		if !bytes.Equal(got, data) {
-			t.Fatalf("compress=%v: round trip changed the bytes", compress)
-		}
-		want := sha256.Sum256(data)
-		if !bytes.Equal(v.Sum(), want[:]) {
-			t.Fatalf("compress=%v: whole-stream hash differs", compress)
-		}
-		if len(chunks) != 3 || v.Committed() != int64(len(data)) {
-			t.Fatalf("compress=%v: %d chunks, committed %d", compress, len(chunks), v.Committed())
-		}
+		got = append(got, raw...)
+	}
+	if err := v.Finish(tr); err != nil {
+		t.Fatalf("compress=%v: %v", compress, err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("compress=%v: round trip changed the bytes", compress)
+	}
+	want := sha256.Sum256(data)
+	if !bytes.Equal(v.Sum(), want[:]) {
+		t.Fatalf("compress=%v: whole-stream hash differs", compress)
+	}
+	if len(chunks) != 3 || v.Committed() != int64(len(data)) {
+		t.Fatalf("compress=%v: %d chunks, committed %d", compress, len(chunks), v.Committed())
 	}
 }
 
 // A chunk whose bytes do not match its digest is refused without a trace:
 // the same chunk sent again intact still verifies, and the stream hash
-// comes out right. (The digests are computed in one pass, so the stream's
-// state must be put back on a mismatch.)
+// comes out right. (The stream hash has taken the chunk's bytes by the time
+// either digest is compared, so its state must be put back on a mismatch.)
 func TestRejectedChunkLeavesStreamHash(t *testing.T) {
-	for _, compress := range []bool{true, false} {
-		data := testData(3<<20 + 100)
-		chunks, tr := encodeAll(t, compress, data, 1<<20)
-		v, _ := NewVerifier(compress)
-		for i, c := range chunks {
-			if i == 1 {
-				bad := c
-				bad.SHA256 = bytes.Clone(c.SHA256)
-				bad.SHA256[0] ^= 1
-				if _, err := v.Verify(bad); !errors.Is(err, ErrHash) {
-					t.Fatalf("compress=%v: wrong digest: %v, want ErrHash", compress, err)
+	for _, d := range digests {
+		for _, compress := range []bool{true, false} {
+			data := testData(3<<20 + 100)
+			chunks, tr := encodeAll(t, compress, data, 1<<20, d)
+			v, _ := NewVerifier(compress)
+			for i, c := range chunks {
+				if i == 1 {
+					bad := c
+					sum := carried(&bad, d)
+					*sum = bytes.Clone(*sum)
+					(*sum)[0] ^= 1
+					if _, err := v.Verify(bad); !errors.Is(err, ErrHash) {
+						t.Fatalf("%v compress=%v: wrong digest: %v, want ErrHash", d, compress, err)
+					}
+				}
+				if _, err := v.Verify(c); err != nil {
+					t.Fatalf("%v compress=%v: chunk %d after a refused copy: %v", d, compress, i, err)
 				}
 			}
-			if _, err := v.Verify(c); err != nil {
-				t.Fatalf("compress=%v: chunk %d after a refused copy: %v", compress, i, err)
+			if err := v.Finish(tr); err != nil {
+				t.Fatalf("%v compress=%v: %v", d, compress, err)
 			}
-		}
-		if err := v.Finish(tr); err != nil {
-			t.Fatalf("compress=%v: %v", compress, err)
 		}
 	}
 }
@@ -99,67 +130,118 @@ func TestTampering(t *testing.T) {
 	data := testData(3 << 20)
 	tests := []struct {
 		name   string
-		mutate func(cs []Chunk, tr *Trailer) []Chunk
+		mutate func(cs []Chunk, tr *Trailer, d Digest) []Chunk
 		want   error
 	}{
-		{"flipped byte in frame", func(cs []Chunk, _ *Trailer) []Chunk {
+		{"flipped byte in frame", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk {
 			cs[1].Data = bytes.Clone(cs[1].Data)
 			cs[1].Data[len(cs[1].Data)/2] ^= 0x40
 			return cs
 		}, nil /* ErrCorrupt or ErrHash, checked below */},
-		{"wrong hash", func(cs []Chunk, _ *Trailer) []Chunk {
-			cs[1].SHA256 = bytes.Clone(cs[1].SHA256)
-			cs[1].SHA256[0] ^= 1
+		{"wrong hash", func(cs []Chunk, _ *Trailer, d Digest) []Chunk {
+			sum := carried(&cs[1], d)
+			*sum = bytes.Clone(*sum)
+			(*sum)[0] ^= 1
 			return cs
 		}, ErrHash},
-		{"gap in offsets", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Offset += 1; return cs }, ErrOffset},
-		{"overlap in offsets", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Offset -= 1; return cs }, ErrOffset},
-		{"repeated sequence", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Seq = 0; return cs }, ErrSequence},
-		{"skipped sequence", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Seq = 2; return cs }, ErrSequence},
-		{"missing chunk", func(cs []Chunk, _ *Trailer) []Chunk { return append(cs[:1], cs[2:]...) }, ErrSequence},
-		{"length lies", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].RawLen -= 1; return cs }, ErrLength},
-		{"oversized raw length", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].RawLen = MaxRawSize + 1; return cs }, ErrTooLarge},
-		{"oversized frame", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].Data = make([]byte, MaxFrameSize+1); return cs }, ErrTooLarge},
-		{"short digest", func(cs []Chunk, _ *Trailer) []Chunk { cs[1].SHA256 = cs[1].SHA256[:16]; return cs }, ErrHash},
-		{"trailer hash", func(cs []Chunk, tr *Trailer) []Chunk { tr.SHA256 = make([]byte, 32); return cs }, ErrTrailer},
-		{"trailer total", func(cs []Chunk, tr *Trailer) []Chunk { tr.Total++; return cs }, ErrTrailer},
-		{"trailer count", func(cs []Chunk, tr *Trailer) []Chunk { tr.Count--; return cs }, ErrTrailer},
+		{"right hash, wrong other hash", func(cs []Chunk, _ *Trailer, d Digest) []Chunk {
+			// Every digest a chunk carries is checked.
+			*carried(&cs[1], 1-d) = make([]byte, sha256.Size)
+			return cs
+		}, ErrHash},
+		{"no hash", func(cs []Chunk, _ *Trailer, d Digest) []Chunk { *carried(&cs[1], d) = nil; return cs }, ErrHash},
+		{"stream hash of the chunk alone", func(cs []Chunk, _ *Trailer, d Digest) []Chunk {
+			sum := sha256.Sum256(data[cs[1].Offset : cs[1].Offset+cs[1].RawLen])
+			cs[1].SHA256, cs[1].StreamSHA256 = nil, sum[:]
+			return cs
+		}, ErrHash},
+		{"gap in offsets", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { cs[1].Offset += 1; return cs }, ErrOffset},
+		{"overlap in offsets", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { cs[1].Offset -= 1; return cs }, ErrOffset},
+		{"repeated sequence", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { cs[1].Seq = 0; return cs }, ErrSequence},
+		{"skipped sequence", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { cs[1].Seq = 2; return cs }, ErrSequence},
+		{"missing chunk", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { return append(cs[:1], cs[2:]...) }, ErrSequence},
+		{"length lies", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { cs[1].RawLen -= 1; return cs }, ErrLength},
+		{"oversized raw length", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { cs[1].RawLen = MaxRawSize + 1; return cs }, ErrTooLarge},
+		{"oversized frame", func(cs []Chunk, _ *Trailer, _ Digest) []Chunk { cs[1].Data = make([]byte, MaxFrameSize+1); return cs }, ErrTooLarge},
+		{"short digest", func(cs []Chunk, _ *Trailer, d Digest) []Chunk {
+			sum := carried(&cs[1], d)
+			*sum = (*sum)[:16]
+			return cs
+		}, ErrHash},
+		{"trailer hash", func(cs []Chunk, tr *Trailer, _ Digest) []Chunk { tr.SHA256 = make([]byte, 32); return cs }, ErrTrailer},
+		{"trailer total", func(cs []Chunk, tr *Trailer, _ Digest) []Chunk { tr.Total++; return cs }, ErrTrailer},
+		{"trailer count", func(cs []Chunk, tr *Trailer, _ Digest) []Chunk { tr.Count--; return cs }, ErrTrailer},
 	}
 	for _, tt := range tests {
 		// Verify and Check (the collector's, with shared buffers) must
 		// refuse alike.
 		for _, check := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/check=%v", tt.name, check), func(t *testing.T) {
-				chunks, tr := encodeAll(t, true, data, 1<<20)
-				chunks = tt.mutate(chunks, &tr)
-				v, _ := NewVerifier(true)
-				defer v.Close()
-				var err error
-				for _, c := range chunks {
-					if check {
-						err = v.Check(c)
-					} else {
-						_, err = v.Verify(c)
+			for _, d := range digests {
+				t.Run(fmt.Sprintf("%s/%v/check=%v", tt.name, d, check), func(t *testing.T) {
+					chunks, tr := encodeAll(t, true, data, 1<<20, d)
+					chunks = tt.mutate(chunks, &tr, d)
+					want := tt.want
+					v, _ := NewVerifier(true)
+					defer v.Close()
+					var err error
+					for _, c := range chunks {
+						if check {
+							err = v.Check(c)
+						} else {
+							_, err = v.Verify(c)
+						}
+						if err != nil {
+							break
+						}
 					}
-					if err != nil {
-						break
+					if err == nil {
+						err = v.Finish(tr)
 					}
-				}
-				if err == nil {
-					err = v.Finish(tr)
-				}
-				switch {
-				case err == nil:
-					t.Fatal("tampered stream was accepted")
-				case tt.want == nil:
-					if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrHash) && !errors.Is(err, ErrLength) {
-						t.Fatalf("got %v, want a corruption error", err)
+					switch {
+					case err == nil:
+						t.Fatal("tampered stream was accepted")
+					case want == nil:
+						if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrHash) && !errors.Is(err, ErrLength) {
+							t.Fatalf("got %v, want a corruption error", err)
+						}
+					case !errors.Is(err, want):
+						t.Fatalf("got %v, want %v", err, want)
 					}
-				case !errors.Is(err, tt.want):
-					t.Fatalf("got %v, want %v", err, tt.want)
-				}
-			})
+				})
+			}
 		}
+	}
+}
+
+// Two chunks of the same size swapped, each with its digests: a stream
+// digest refuses the first one out of place, an own digest only the
+// trailer.
+func TestSwappedChunks(t *testing.T) {
+	data := testData(3 << 20)
+	for _, d := range digests {
+		chunks, tr := encodeAll(t, true, data, 1<<20, d)
+		chunks[1], chunks[2] = chunks[2], chunks[1]
+		chunks[1].Seq, chunks[2].Seq = 1, 2
+		chunks[1].Offset, chunks[2].Offset = 1<<20, 2<<20
+		v, _ := NewVerifier(true)
+		_, err0 := v.Verify(chunks[0])
+		_, err1 := v.Verify(chunks[1])
+		switch {
+		case err0 != nil:
+			t.Fatalf("%v: first chunk: %v", d, err0)
+		case d == DigestStream && !errors.Is(err1, ErrHash):
+			t.Fatalf("%v: chunk out of place: %v, want ErrHash", d, err1)
+		case d == DigestOwn && err1 != nil:
+			t.Fatalf("%v: chunk out of place: %v, want it accepted until the trailer", d, err1)
+		case d == DigestOwn:
+			if _, err := v.Verify(chunks[2]); err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Finish(tr); !errors.Is(err, ErrTrailer) {
+				t.Fatalf("%v: trailer after swapped chunks: %v, want ErrTrailer", d, err)
+			}
+		}
+		v.Close()
 	}
 }
 
@@ -185,19 +267,23 @@ func TestDecompressionBombRefused(t *testing.T) {
 func FuzzVerify(f *testing.F) {
 	e, _ := NewEncoder(true)
 	c, _ := e.Encode([]byte("custody evidence chunk"), nil)
-	f.Add(c.Data, int64(c.RawLen), c.SHA256)
-	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, int64(10), make([]byte, 32))
-	f.Fuzz(func(t *testing.T, data []byte, rawLen int64, sum []byte) {
+	f.Add(c.Data, int64(c.RawLen), c.SHA256, []byte(nil))
+	f.Add(c.Data, int64(c.RawLen), []byte(nil), c.SHA256) // the first chunk's stream digest is its own
+	f.Add(c.Data, int64(c.RawLen), c.SHA256, c.SHA256)
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, int64(10), make([]byte, 32), []byte(nil))
+	f.Fuzz(func(t *testing.T, data []byte, rawLen int64, sum, stream []byte) {
 		v, err := NewVerifier(true)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer v.Close()
-		raw, err := v.Verify(Chunk{Seq: 0, Offset: 0, RawLen: rawLen, SHA256: sum, Data: data})
+		raw, err := v.Verify(Chunk{Seq: 0, Offset: 0, RawLen: rawLen, SHA256: sum, StreamSHA256: stream, Data: data})
 		if err != nil {
 			return
 		}
-		if got := sha256.Sum256(raw); !bytes.Equal(got[:], sum) || int64(len(raw)) != rawLen {
+		got := sha256.Sum256(raw)
+		if len(sum)+len(stream) == 0 || int64(len(raw)) != rawLen ||
+			(len(sum) > 0 && !bytes.Equal(got[:], sum)) || (len(stream) > 0 && !bytes.Equal(got[:], stream)) {
 			t.Fatal("accepted a chunk whose bytes do not match its header")
 		}
 	})
@@ -313,26 +399,35 @@ func TestResumeAtPosition(t *testing.T) {
 	}
 	pos := v.Position()
 
-	e2, err := NewEncoderAt(true, pos)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2, err := NewVerifierAt(true, pos)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for off := 1 << 20; off < len(data); off += 2 << 20 {
-		c, _ := e2.Encode(data[off:min(off+2<<20, len(data))], nil)
-		if _, err := v2.Verify(c); err != nil {
+	for _, d := range digests {
+		e2, err := NewEncoderAt(true, pos)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := v2.Finish(e2.Trailer()); err != nil {
-		t.Fatal(err)
-	}
-	want := sha256.Sum256(data)
-	if !bytes.Equal(v2.Sum(), want[:]) {
-		t.Fatal("resumed stream hash differs from the whole stream's")
+		e2.SetDigest(d)
+		v2, err := NewVerifierAt(true, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 1 << 20; off < len(data); off += 2 << 20 {
+			end := min(off+2<<20, len(data))
+			c, _ := e2.Encode(data[off:end], nil)
+			// A resumed stream digest still covers the stream from
+			// its first byte.
+			if want := sha256.Sum256(data[:end]); d == DigestStream && !bytes.Equal(c.StreamSHA256, want[:]) {
+				t.Fatalf("resumed chunk at %d: stream digest %x, want %x", off, c.StreamSHA256, want)
+			}
+			if _, err := v2.Verify(c); err != nil {
+				t.Fatalf("%v: %v", d, err)
+			}
+		}
+		if err := v2.Finish(e2.Trailer()); err != nil {
+			t.Fatalf("%v: %v", d, err)
+		}
+		want := sha256.Sum256(data)
+		if !bytes.Equal(v2.Sum(), want[:]) {
+			t.Fatalf("%v: resumed stream hash differs from the whole stream's", d)
+		}
 	}
 	if _, err := NewVerifierAt(true, Position{HashState: []byte("garbage")}); err == nil {
 		t.Fatal("garbage hash state accepted")

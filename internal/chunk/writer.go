@@ -134,12 +134,12 @@ func (w *Writer) submit() error {
 			return err
 		}
 	}
-	seq, off, sum, err := w.enc.advance(w.raw)
+	c, err := w.enc.advance(w.raw)
 	if err != nil {
 		w.err = err
 		return err
 	}
-	j := &job{raw: w.raw, c: Chunk{Seq: seq, Offset: off, RawLen: int64(len(w.raw)), SHA256: sum[:]}, done: make(chan struct{})}
+	j := &job{raw: w.raw, c: c, done: make(chan struct{})}
 	if n := len(w.free); n > 0 {
 		j.dst, w.free = w.free[n-1], w.free[:n-1]
 	}
@@ -164,7 +164,7 @@ func (w *Writer) submit() error {
 // stream hash and the sends in order, gave 549 against 568 MiB/s at 0.4-0.5
 // CPU-s more (3 rounds).
 func (w *Writer) inline() error {
-	seq, off, sum, err := w.enc.advance(w.raw)
+	c, err := w.enc.advance(w.raw)
 	if err != nil {
 		w.err = err
 		return err
@@ -180,7 +180,8 @@ func (w *Writer) inline() error {
 		} else {
 			w.free[0] = data[:0]
 		}
-		err = w.emit(Chunk{Seq: seq, Offset: off, RawLen: int64(len(w.raw)), SHA256: sum[:], Data: data})
+		c.Data = data
+		err = w.emit(c)
 	}
 	w.raw = w.raw[:0]
 	if err != nil {

@@ -1225,8 +1225,11 @@ type UploadAccepted struct {
 	// so a source that regenerates it can check it reproduced the same bytes.
 	ResumeSha256State []byte `protobuf:"bytes,5,opt,name=resume_sha256_state,json=resumeSha256State,proto3" json:"resume_sha256_state,omitempty"`
 	ResumeSha256      []byte `protobuf:"bytes,6,opt,name=resume_sha256,json=resumeSha256,proto3" json:"resume_sha256,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The collector checks Chunk.stream_sha256: the agent may send it instead
+	// of Chunk.sha256 and hash each raw byte once rather than twice.
+	AcceptsStreamSha256 bool `protobuf:"varint,7,opt,name=accepts_stream_sha256,json=acceptsStreamSha256,proto3" json:"accepts_stream_sha256,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *UploadAccepted) Reset() {
@@ -1301,16 +1304,28 @@ func (x *UploadAccepted) GetResumeSha256() []byte {
 	return nil
 }
 
+func (x *UploadAccepted) GetAcceptsStreamSha256() bool {
+	if x != nil {
+		return x.AcceptsStreamSha256
+	}
+	return false
+}
+
 // Chunk is one independently compressed piece of the raw stream.
 type Chunk struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Sequence  uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	Offset    int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	RawLength int64                  `protobuf:"varint,3,opt,name=raw_length,json=rawLength,proto3" json:"raw_length,omitempty"`
-	// SHA-256 of the raw (uncompressed) bytes.
+	// SHA-256 of this chunk's raw (uncompressed) bytes.
 	Sha256 []byte `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// One zstd frame (or the raw bytes when compression is NONE).
-	Data          []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	Data []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	// SHA-256 of the raw stream from its first byte through this chunk's
+	// last: the agent's running digest at the chunk's end. A chunk carries
+	// sha256, stream_sha256 or both, and the collector checks each it
+	// carries; stream_sha256 only where UploadAccepted.accepts_stream_sha256.
+	StreamSha256  []byte `protobuf:"bytes,6,opt,name=stream_sha256,json=streamSha256,proto3" json:"stream_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1376,6 +1391,13 @@ func (x *Chunk) GetSha256() []byte {
 func (x *Chunk) GetData() []byte {
 	if x != nil {
 		return x.Data
+	}
+	return nil
+}
+
+func (x *Chunk) GetStreamSha256() []byte {
+	if x != nil {
+		return x.StreamSha256
 	}
 	return nil
 }
@@ -1811,21 +1833,23 @@ const file_custody_v1_agent_proto_rawDesc = "" +
 	"\textension\x18\x03 \x01(\tR\textension\x12#\n" +
 	"\rexpected_size\x18\x04 \x01(\x03R\fexpectedSize\x129\n" +
 	"\vcompression\x18\x05 \x01(\x0e2\x17.custody.v1.CompressionR\vcompression\x12\x18\n" +
-	"\arestart\x18\x06 \x01(\bR\arestart\"\xf2\x01\n" +
+	"\arestart\x18\x06 \x01(\bR\arestart\"\xa6\x02\n" +
 	"\x0eUploadAccepted\x12\x1b\n" +
 	"\tupload_id\x18\x01 \x01(\tR\buploadId\x12#\n" +
 	"\rresume_offset\x18\x02 \x01(\x03R\fresumeOffset\x12#\n" +
 	"\rnext_sequence\x18\x03 \x01(\x04R\fnextSequence\x12$\n" +
 	"\x0emax_chunk_size\x18\x04 \x01(\x03R\fmaxChunkSize\x12.\n" +
 	"\x13resume_sha256_state\x18\x05 \x01(\fR\x11resumeSha256State\x12#\n" +
-	"\rresume_sha256\x18\x06 \x01(\fR\fresumeSha256\"\x86\x01\n" +
+	"\rresume_sha256\x18\x06 \x01(\fR\fresumeSha256\x122\n" +
+	"\x15accepts_stream_sha256\x18\a \x01(\bR\x13acceptsStreamSha256\"\xab\x01\n" +
 	"\x05Chunk\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x1d\n" +
 	"\n" +
 	"raw_length\x18\x03 \x01(\x03R\trawLength\x12\x16\n" +
 	"\x06sha256\x18\x04 \x01(\fR\x06sha256\x12\x12\n" +
-	"\x04data\x18\x05 \x01(\fR\x04data\"Q\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12#\n" +
+	"\rstream_sha256\x18\x06 \x01(\fR\fstreamSha256\"Q\n" +
 	"\bChunkAck\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12)\n" +
 	"\x10committed_offset\x18\x02 \x01(\x03R\x0fcommittedOffset\"\x9e\x03\n" +
