@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -51,13 +52,20 @@ func (f *fakeUpload) SetTrailer(metadata.MD)                 {}
 // chunks (valid, replayed, corrupted), trailers and early ends. Whatever the
 // sequence: no panic, and a collection that ends complete has a stored
 // object that verifies against the signed manifest.
+//
+// Each byte of the script is one message: byte%6 says which, byte/6 is its
+// argument. 36 opens the requested artifact, zstd-compressed; 1 and 7 send
+// the next valid chunk with its own digest or the stream's.
 func FuzzUploadHandler(f *testing.F) {
-	f.Add([]byte{0, 1, 1, 1, 3})
-	f.Add([]byte{0, 1, 2, 1, 3})
-	f.Add([]byte{0, 1, 1, 4})
-	f.Add([]byte{0, 1, 1, 1, 5})
-	f.Add([]byte{1, 0, 3})
-	f.Add([]byte{0, 0, 1, 1, 1, 3})
+	f.Add([]byte{36, 1, 1, 1, 3})     // complete, own digests
+	f.Add([]byte{36, 7, 7, 7, 3})     // complete, stream digests
+	f.Add([]byte{36, 1, 7, 1, 3})     // complete, both kinds
+	f.Add([]byte{36, 1, 14, 1, 1, 3}) // a corrupted chunk
+	f.Add([]byte{36, 1, 1, 4})
+	f.Add([]byte{36, 1, 1, 1, 5})
+	f.Add([]byte{0, 1, 1, 1, 3}) // the wrong open
+	f.Add([]byte{1, 36, 3})
+	f.Add([]byte{36, 36, 1, 1, 1, 3})
 
 	dir := f.TempDir()
 	db, err := state.Open(context.Background(), filepath.Join(dir, "state.db"))
@@ -81,16 +89,22 @@ func FuzzUploadHandler(f *testing.F) {
 	s := New(Config{Identity: collectorID, CA: ca, SigningKey: signer.(ed25519.PrivateKey), SigningCertPEM: signCert}, db, st, slog.New(slog.DiscardHandler))
 
 	agentID, _ := pki.NewIdentity(pki.RoleAgent, "fuzz-agent")
+	if err := db.CreateAgent(context.Background(), state.Agent{ID: agentID.Name, EnrolledAt: time.Now()}); err != nil {
+		f.Fatal(err)
+	}
 	ctx := context.WithValue(context.Background(), callerKey{}, caller{id: agentID, cert: &x509.Certificate{NotAfter: time.Now().Add(time.Hour)}})
 
-	// A valid three-chunk stream to draw from.
+	// A valid three-chunk stream to draw from, its chunks carrying their
+	// own digests (good) or the stream's (goodStream).
 	raw := make([]byte, 3<<10)
 	rand.Read(raw)
 	enc, _ := chunk.NewEncoder(true)
-	var good []*custodyv1.Chunk
+	var good, goodStream []*custodyv1.Chunk
 	for off := 0; off < len(raw); off += 1 << 10 {
 		c, _ := enc.Encode(raw[off:off+1<<10], nil)
 		good = append(good, &custodyv1.Chunk{Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, Data: c.Data})
+		sum := sha256.Sum256(raw[:off+1<<10])
+		goodStream = append(goodStream, &custodyv1.Chunk{Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, StreamSha256: sum[:], Data: c.Data})
 	}
 	tr := enc.Trailer()
 
@@ -102,21 +116,26 @@ func FuzzUploadHandler(f *testing.F) {
 		}
 		var msgs []*custodyv1.UploadRequest
 		next := 0
-		for i, op := range script {
-			arg := byte(0)
-			if i+1 < len(script) {
-				arg = script[i+1]
-			}
-			switch op % 6 {
+		for _, b := range script {
+			arg := b / 6
+			switch b % 6 {
 			case 0:
 				msgs = append(msgs, &custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Open{Open: &custodyv1.UploadOpen{
 					TaskId: colID, Artifact: []string{"host", "processes", ""}[arg%3], Extension: []string{"json", "../x", ""}[arg%3],
 					Compression: custodyv1.Compression(arg % 4), Restart: arg&8 != 0}}})
 			case 1:
-				msgs = append(msgs, &custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Chunk{Chunk: good[next%len(good)]}})
+				c := good[next%len(good)]
+				if arg&1 != 0 {
+					c = goodStream[next%len(good)]
+				}
+				msgs = append(msgs, &custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Chunk{Chunk: c}})
 				next++
 			case 2:
-				c := proto.Clone(good[int(arg)%len(good)]).(*custodyv1.Chunk)
+				from := good
+				if arg&2 != 0 {
+					from = goodStream
+				}
+				c := proto.Clone(from[int(arg)%len(from)]).(*custodyv1.Chunk)
 				if len(c.Data) > 0 {
 					c.Data[int(arg)%len(c.Data)] ^= arg | 1
 				}
