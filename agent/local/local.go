@@ -139,6 +139,8 @@ func capture(ctx context.Context, opts Options, req Request) manifest.Artifact {
 	if err != nil {
 		return fail(err)
 	}
+	// No chunk's digest is read here; the stream's costs no second pass.
+	enc.SetDigest(chunk.DigestStream)
 	stored := &hashingWriter{h: sha256.New()}
 	w := chunk.NewParallelWriter(enc, localChunkSize, workers, func(c chunk.Chunk) error {
 		if _, err := f.Write(c.Data); err != nil {
