@@ -63,8 +63,8 @@ const (
 	// DigestStream is the running whole-stream digest at the chunk's end
 	// (Chunk.StreamSHA256): one hash of each raw byte on each side, for
 	// collectors that accept it. On the 2 GiB memory image, agent and
-	// collector on 2 CPUs, it took 0.6 CPU-s off a collection's 7.0 and
-	// raised the rate from 547 to 597 MiB/s (BenchmarkAB, 4 rounds).
+	// collector on 2 CPUs, it took 0.5 CPU-s off a collection's 6.5 and
+	// raised the rate from 583 to 628 MiB/s (BenchmarkAB, 4 rounds).
 	DigestStream
 )
 
