@@ -120,6 +120,9 @@ func TestCodecReusesBuffers(t *testing.T) {
 func FuzzDecodeChunkRequest(f *testing.F) {
 	f.Add(mustMarshal(f, chunkRequest([]byte("frame"))))
 	f.Add(mustMarshal(f, chunkRequest(nil)))
+	stream := chunkRequest([]byte("frame"))
+	stream.GetChunk().Sha256, stream.GetChunk().StreamSha256 = nil, bytes.Repeat([]byte{9}, 32)
+	f.Add(mustMarshal(f, stream))
 	f.Add(mustMarshal(f, &custodyv1.UploadRequest{Msg: &custodyv1.UploadRequest_Trailer{Trailer: &custodyv1.UploadTrailer{TotalLength: 5}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, ok := decodeChunkRequest(b)
