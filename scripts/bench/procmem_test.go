@@ -107,13 +107,13 @@ func BenchmarkProcessMemory1GiB(b *testing.B) {
 		outDir := filepath.Join(dir, fmt.Sprintf("agent-%d", i))
 		cmd := exec.Command(bin.Agent, "collect", "--artifacts", "process_memory",
 			"--param", "process_memory.pid="+strconv.Itoa(pid), "--out", outDir)
+		peak := peakRSS(b, cmd)
 		start = time.Now()
 		if o, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("agent: %v\n%s", err, o)
 		}
 		agentTime += time.Since(start)
-		// wait4's rusage: the peak RSS of the agent over its whole life.
-		agentRSS = max(agentRSS, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)
+		agentRSS = max(agentRSS, peak())
 		agentRaw, agentStored = procMemAgentSizes(b, outDir)
 		os.RemoveAll(outDir)
 		syscall.Sync()

@@ -239,11 +239,12 @@ func runSnapshotTool(b *testing.B, out, tool string, args ...string) (wall, cpu 
 }
 
 // runSnapshotAgent runs the real agent binary once and returns its wall
-// time, CPU time and peak RSS (KiB, from wait4's rusage).
+// time, CPU time and peak RSS (KiB, see peakRSS).
 func runSnapshotAgent(b *testing.B, out string) (wall, cpu time.Duration, rssKiB int64) {
 	b.Helper()
 	defer os.RemoveAll(out)
 	cmd := exec.Command(bin.Agent, "collect", "--artifacts", snapshotArtifacts, "--out", out, "--log-format", "json")
+	rss := peakRSS(b, cmd)
 	start := time.Now()
 	o, err := cmd.CombinedOutput()
 	d := time.Since(start)
@@ -280,7 +281,7 @@ func runSnapshotAgent(b *testing.B, out string) (wall, cpu time.Duration, rssKiB
 			}
 		}
 	}
-	return d, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss
+	return d, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), rss()
 }
 
 // snapshotLoad is the 1-minute load average: on a shared machine the wall
