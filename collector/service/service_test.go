@@ -478,8 +478,9 @@ func TestTampering(t *testing.T) {
 	raw := make([]byte, 3<<20)
 	rand.Read(raw[:1<<20])
 	raw[1<<20], raw[2<<20] = 1, 2 // no two chunks alike
-	encode := func() ([]chunk.Chunk, chunk.Trailer) {
+	encode := func(d chunk.Digest) ([]chunk.Chunk, chunk.Trailer) {
 		enc, _ := chunk.NewEncoder(true)
+		enc.SetDigest(d)
 		var cs []chunk.Chunk
 		for off := 0; off < len(raw); off += 1 << 20 {
 			c, _ := enc.Encode(raw[off:off+1<<20], nil)
@@ -487,12 +488,10 @@ func TestTampering(t *testing.T) {
 		}
 		return cs, enc.Trailer()
 	}
-	// streamDigests swaps each chunk's own digest for the stream's.
-	streamDigests := func(cs []chunk.Chunk) []chunk.Chunk {
-		for i := range cs {
-			sum := sha256.Sum256(raw[:cs[i].Offset+cs[i].RawLen])
-			cs[i].SHA256, cs[i].StreamSHA256 = nil, sum[:]
-		}
+	// streamDigests is the same stream, its chunks carrying the stream's
+	// digests.
+	streamDigests := func() []chunk.Chunk {
+		cs, _ := encode(chunk.DigestStream)
 		return cs
 	}
 	tests := []struct {
@@ -507,12 +506,12 @@ func TestTampering(t *testing.T) {
 			return cs
 		}, codes.DataLoss, "SHA-256 mismatch"},
 		{"bytes do not match stream hash", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk {
-			cs = streamDigests(cs)
+			cs = streamDigests()
 			cs[1].StreamSHA256[3] ^= 0xff
 			return cs
 		}, codes.DataLoss, "SHA-256 mismatch"},
 		{"chunks swapped with their stream hashes", func(cs []chunk.Chunk, _ *chunk.Trailer) []chunk.Chunk {
-			cs = streamDigests(cs)
+			cs = streamDigests()
 			cs[1].Data, cs[2].Data = cs[2].Data, cs[1].Data
 			cs[1].StreamSHA256, cs[2].StreamSHA256 = cs[2].StreamSHA256, cs[1].StreamSHA256
 			return cs
@@ -547,7 +546,7 @@ func TestTampering(t *testing.T) {
 			col := collect(t, r, agentID, "host")
 			nextTask(t, s)
 
-			cs, tr := encode()
+			cs, tr := encode(chunk.DigestOwn)
 			cs = tt.mutate(cs, &tr)
 			up := openUpload(t, agent, col.GetCollectionId(), "host")
 			var err error

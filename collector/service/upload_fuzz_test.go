@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -99,12 +98,14 @@ func FuzzUploadHandler(f *testing.F) {
 	raw := make([]byte, 3<<10)
 	rand.Read(raw)
 	enc, _ := chunk.NewEncoder(true)
+	encStream, _ := chunk.NewEncoder(true)
+	encStream.SetDigest(chunk.DigestStream)
 	var good, goodStream []*custodyv1.Chunk
 	for off := 0; off < len(raw); off += 1 << 10 {
 		c, _ := enc.Encode(raw[off:off+1<<10], nil)
 		good = append(good, &custodyv1.Chunk{Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, Sha256: c.SHA256, Data: c.Data})
-		sum := sha256.Sum256(raw[:off+1<<10])
-		goodStream = append(goodStream, &custodyv1.Chunk{Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, StreamSha256: sum[:], Data: c.Data})
+		c, _ = encStream.Encode(raw[off:off+1<<10], nil)
+		goodStream = append(goodStream, &custodyv1.Chunk{Sequence: c.Seq, Offset: c.Offset, RawLength: c.RawLen, StreamSha256: c.StreamSHA256, Data: c.Data})
 	}
 	tr := enc.Trailer()
 

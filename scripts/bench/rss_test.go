@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,10 +35,13 @@ func peakRSS(b *testing.B, cmd *exec.Cmd) func() int64 {
 			b.Fatal(err)
 		}
 		// A failed command's line comes first; the figure is last.
-		lines := strings.Fields(strings.TrimSpace(string(data)))
-		kib, err := strconv.ParseInt(lines[len(lines)-1], 10, 64)
+		words := strings.Fields(string(data))
+		if len(words) == 0 {
+			b.Fatalf("time -f %%M wrote nothing to %s", out)
+		}
+		kib, err := strconv.ParseInt(words[len(words)-1], 10, 64)
 		if err != nil {
-			b.Fatal(fmt.Errorf("time -f %%M wrote %q: %w", data, err))
+			b.Fatalf("time -f %%M wrote %q: %v", data, err)
 		}
 		return kib
 	}
